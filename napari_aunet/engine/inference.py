@@ -1,0 +1,308 @@
+"""Inference: a numpy volume in, labels + probabilities + per-level attention maps (with geometry) out.
+
+Two modes:
+- ``2d``: a 2D model applied slice by slice along a chosen axis, slices batched.
+- ``3d``: a 3D model applied in overlapping windows blended with a Gaussian weight (probabilities at the
+  input grid, attention maps at each level's own grid).
+Attention maps stay at their level's native resolution (float16), never upsampled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .checkpoint import Checkpoint
+from .config import ModelConfig
+from .geometry import GridGeometry
+from .intensity import BadVolumeError, check_volume, normalize
+from .model import AttentionUNet
+
+ProgressCallback = Callable[[int, int], None]
+CancelFlag = Callable[[], bool] | threading.Event | None
+
+
+class Cancelled(RuntimeError):
+    """Raised inside long work when the caller's cancel flag is set."""
+
+
+def is_cancelled(cancel: CancelFlag) -> bool:
+    if cancel is None:
+        return False
+    if isinstance(cancel, threading.Event):
+        return cancel.is_set()
+    return bool(cancel())
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then the CPU; an unavailable explicit device is an error."""
+    name = str(device)
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for, but PyTorch sees no CUDA GPU here; use 'auto' or 'cpu'")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("device 'mps' was asked for, but Apple MPS is not available here; use 'auto' or 'cpu'")
+    try:
+        return torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or mps") from error
+
+
+@dataclass
+class AttentionMap:
+    """One gate's attention coefficients at its level's own grid."""
+
+    level: int
+    data: np.ndarray  # float16 in [0, 1], shape ceil(input_shape / geometry.scale)
+    geometry: GridGeometry
+
+    @property
+    def factor(self) -> int:
+        return int(max(self.geometry.scale))
+
+
+@dataclass
+class SegmentationResult:
+    """Outputs of one segmentation, all in the input array's axis order."""
+
+    labels: np.ndarray  # integer class per voxel, input shape
+    class_names: tuple[str, ...]
+    probabilities: np.ndarray | None = None  # float32 (classes, *input_shape), sums to 1 over classes
+    attention: dict[int, AttentionMap] = field(default_factory=dict)  # level -> map, level 1 = finest
+    mode: str = "2d"
+    axis: int | None = None
+
+
+def gaussian_weight(size: tuple[int, ...], sigma_scale: float = 0.125) -> np.ndarray:
+    """Separable Gaussian importance map for window blending, peak 1, never zero."""
+    weight = np.ones((), dtype=np.float32)
+    for length in size:
+        centre = (length - 1) / 2.0
+        sigma = max(length * sigma_scale, 1e-3)
+        profile = np.exp(-0.5 * ((np.arange(length) - centre) / sigma) ** 2).astype(np.float32)
+        weight = np.multiply.outer(weight, profile)
+    return np.maximum(weight / weight.max(), 1e-3).astype(np.float32)
+
+
+def _window_starts(length: int, window: int, step: int) -> list[int]:
+    last = length - window
+    starts = list(range(0, last + 1, step))
+    if starts[-1] != last:
+        starts.append(last)
+    return starts
+
+
+class Segmenter:
+    """Runs a model on numpy volumes.
+
+    ``precision``: ``auto`` (fp16 autocast on CUDA, fp32 elsewhere), ``fp32``, ``bf16`` or ``fp16``.
+    """
+
+    def __init__(
+        self,
+        model: AttentionUNet | Checkpoint,
+        device: str | torch.device = "auto",
+        precision: str = "auto",
+        batch_size: int = 8,
+    ) -> None:
+        if isinstance(model, Checkpoint):
+            self.checkpoint: Checkpoint | None = model
+            model = model.build_model()
+        else:
+            self.checkpoint = None
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.config: ModelConfig = model.config
+        if precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"unknown precision {precision!r}; use auto, fp32, bf16 or fp16")
+        if precision == "auto":
+            precision = "fp16" if self.device.type == "cuda" else "fp32"
+        self.precision = precision
+        self.batch_size = max(1, int(batch_size))
+
+    def _autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def _run(self, batch: np.ndarray) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+        """Probabilities ``(N, C, *spatial)`` float32 and attention ``{level: (N, *grid)}`` float32."""
+        inputs = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+        with torch.inference_mode(), self._autocast():
+            logits, attention = self.model(inputs, return_attention=True)
+            probabilities = torch.softmax(logits.float(), dim=1)
+        return (
+            probabilities.cpu().numpy(),
+            {level: psi[:, 0].float().cpu().numpy() for level, psi in attention.items()},
+        )
+
+    def segment(
+        self,
+        volume: np.ndarray,
+        *,
+        mode: str | None = None,
+        axis: int = 0,
+        roi_size: tuple[int, ...] | int = 96,
+        overlap: float = 0.25,
+        return_probabilities: bool = False,
+        return_attention: bool = True,
+        progress: ProgressCallback | None = None,
+        cancel: CancelFlag = None,
+    ) -> SegmentationResult:
+        """Segment a 2D ``(Y, X)`` or 3D ``(Z, Y, X)``-like array (any numeric dtype, file axis order).
+
+        ``mode`` defaults to the model's own dimensionality. ``axis`` is the slicing axis in ``2d`` mode;
+        ``roi_size`` and ``overlap`` (fraction of the window shared by neighbours) apply to ``3d`` mode.
+        ``progress(done, total)`` is called after each batch/window; when ``cancel`` is set the run stops
+        with :class:`Cancelled`.
+        """
+        volume = np.asarray(volume)
+        check_volume(volume)
+        if self.config.in_channels != 1:
+            raise BadVolumeError(
+                f"this model expects {self.config.in_channels} input channels; it cannot segment a plain scan"
+            )
+        mode = mode or f"{self.config.spatial_dims}d"
+        if mode not in ("2d", "3d"):
+            raise ValueError(f"unknown mode {mode!r}; use 2d or 3d")
+        if mode == "3d" and self.config.spatial_dims != 3:
+            raise ValueError("this is a 2D model: use mode 2d (slice by slice)")
+        if mode == "2d" and self.config.spatial_dims != 2:
+            raise ValueError("this is a 3D model: use mode 3d (sliding window)")
+        if mode == "3d" and volume.ndim != 3:
+            raise BadVolumeError(f"a 3D model needs a 3D volume, got shape {volume.shape}")
+        normalized = normalize(volume, self.config.normalization)
+        if mode == "2d":
+            return self._segment_slices(normalized, axis, return_probabilities, return_attention, progress, cancel)
+        return self._segment_windows(
+            normalized, roi_size, overlap, return_probabilities, return_attention, progress, cancel
+        )
+
+    def _segment_slices(self, volume, axis, return_probabilities, return_attention, progress, cancel):
+        single = volume.ndim == 2
+        if single:
+            volume, axis = volume[None], 0
+        if not -volume.ndim <= axis < volume.ndim:
+            raise ValueError(f"axis {axis} does not exist in a volume of shape {volume.shape}")
+        axis %= volume.ndim
+        slices = np.moveaxis(volume, axis, 0)
+        count, plane = slices.shape[0], slices.shape[1:]
+        classes = self.config.out_channels
+        probabilities = np.empty((count, classes, *plane), dtype=np.float32)
+        factors = {level: 2 ** (level - 1) for level in self.config.gated_levels}
+        attention = {
+            level: np.empty((count, *(-(-n // f) for n in plane)), dtype=np.float16) for level, f in factors.items()
+        }
+        total = math.ceil(count / self.batch_size)
+        for batch_index, start in enumerate(range(0, count, self.batch_size)):
+            if is_cancelled(cancel):
+                raise Cancelled("segmentation cancelled")
+            stop = min(start + self.batch_size, count)
+            batch_probabilities, batch_attention = self._run(slices[start:stop, None])
+            probabilities[start:stop] = batch_probabilities
+            for level, maps in batch_attention.items():
+                attention[level][start:stop] = maps
+            if progress is not None:
+                progress(batch_index + 1, total)
+
+        def restore(array: np.ndarray, leading: int = 0) -> np.ndarray:
+            array = np.moveaxis(array, leading, axis + leading)
+            return array[(slice(None),) * leading + (0,)] if single else array
+
+        labels = probabilities.argmax(axis=1).astype(np.uint8 if classes <= 256 else np.uint16)
+        labels = restore(labels)
+        probabilities_out = None
+        if return_probabilities:
+            probabilities_out = restore(np.moveaxis(probabilities, 1, 0), leading=1)
+        maps = {}
+        if return_attention:
+            ndim = 2 if single else 3
+            for level, factor in factors.items():
+                in_plane = tuple(a for a in range(ndim) if single or a != axis)
+                maps[level] = AttentionMap(
+                    level, np.ascontiguousarray(restore(attention[level])), GridGeometry.pooled(ndim, factor, in_plane)
+                )
+        return SegmentationResult(
+            labels=np.ascontiguousarray(labels),
+            class_names=self.config.class_names,
+            probabilities=None if probabilities_out is None else np.ascontiguousarray(probabilities_out),
+            attention=maps,
+            mode="2d",
+            axis=None if single else axis,
+        )
+
+    def _segment_windows(self, volume, roi_size, overlap, return_probabilities, return_attention, progress, cancel):
+        if not 0.0 <= overlap < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+        multiple = self.config.size_multiple
+        roi = (roi_size,) * 3 if isinstance(roi_size, int) else tuple(roi_size)
+        shape = volume.shape
+        # Pad to a multiple of the coarsest grid and at least one window, so every window starts on a
+        # cell boundary of every level and attention grids line up between windows.
+        padded_shape = tuple(max(-(-n // multiple) * multiple, 1) for n in shape)
+        roi = tuple(min(-(-r // multiple) * multiple, p) for r, p in zip(roi, padded_shape, strict=True))
+        padded = np.pad(volume, [(0, p - n) for p, n in zip(padded_shape, shape, strict=True)], mode="edge")
+        steps = tuple(max(multiple, int(r * (1 - overlap)) // multiple * multiple) for r in roi)
+        starts = [
+            _window_starts(length, window, step)
+            for length, window, step in zip(padded_shape, roi, steps, strict=True)
+        ]
+        corners = [(a, b, c) for a in starts[0] for b in starts[1] for c in starts[2]]
+
+        classes = self.config.out_channels
+        weight = gaussian_weight(roi)
+        probability_sum = np.zeros((classes, *padded_shape), dtype=np.float32)
+        weight_sum = np.zeros(padded_shape, dtype=np.float32)
+        factors = {level: 2 ** (level - 1) for level in self.config.gated_levels} if return_attention else {}
+        level_weights = {level: gaussian_weight(tuple(r // f for r in roi)) for level, f in factors.items()}
+        attention_sum = {level: np.zeros(tuple(p // f for p in padded_shape), np.float32) for level, f in factors.items()}
+        attention_weight = {level: np.zeros_like(attention_sum[level]) for level in factors}
+
+        total = math.ceil(len(corners) / self.batch_size)
+        for batch_index, first in enumerate(range(0, len(corners), self.batch_size)):
+            if is_cancelled(cancel):
+                raise Cancelled("segmentation cancelled")
+            batch_corners = corners[first : first + self.batch_size]
+            windows = [tuple(slice(c, c + r) for c, r in zip(corner, roi, strict=True)) for corner in batch_corners]
+            batch = np.stack([padded[window] for window in windows])[:, None]
+            batch_probabilities, batch_attention = self._run(batch)
+            for index, (corner, window) in enumerate(zip(batch_corners, windows, strict=True)):
+                probability_sum[(slice(None), *window)] += batch_probabilities[index] * weight
+                weight_sum[window] += weight
+                for level, factor in factors.items():
+                    cells = tuple(slice(c // factor, (c + r) // factor) for c, r in zip(corner, roi, strict=True))
+                    attention_sum[level][cells] += batch_attention[level][index] * level_weights[level]
+                    attention_weight[level][cells] += level_weights[level]
+            if progress is not None:
+                progress(batch_index + 1, total)
+
+        crop = tuple(slice(0, n) for n in shape)
+        probabilities = (probability_sum / weight_sum)[(slice(None), *crop)]
+        labels = probabilities.argmax(axis=0).astype(np.uint8 if classes <= 256 else np.uint16)
+        maps = {}
+        for level, factor in factors.items():
+            blended = attention_sum[level] / attention_weight[level]
+            cells = tuple(slice(0, -(-n // factor)) for n in shape)
+            maps[level] = AttentionMap(
+                level, np.ascontiguousarray(blended[cells].astype(np.float16)), GridGeometry.pooled(3, factor)
+            )
+        return SegmentationResult(
+            labels=np.ascontiguousarray(labels),
+            class_names=self.config.class_names,
+            probabilities=np.ascontiguousarray(probabilities) if return_probabilities else None,
+            attention=maps,
+            mode="3d",
+            axis=None,
+        )

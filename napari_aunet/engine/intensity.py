@@ -1,0 +1,65 @@
+"""Intensity normalisation, part of the model so training and inference agree."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .config import Normalization
+
+# Percentiles and statistics are estimated on at most this many voxels (strided sample) for speed.
+_SAMPLE_VOXELS = 2_000_000
+
+
+class BadVolumeError(ValueError):
+    """A volume the engine cannot segment (NaN/inf values, wrong dimensionality, empty)."""
+
+
+def check_volume(volume: np.ndarray, spatial_dims: tuple[int, ...] = (2, 3)) -> None:
+    """Raise :class:`BadVolumeError` with a plain message when ``volume`` cannot be segmented."""
+    if volume.ndim not in spatial_dims:
+        raise BadVolumeError(
+            f"expected a {' or '.join(f'{d}D' for d in spatial_dims)} volume, got an array of shape {volume.shape}"
+        )
+    if volume.size == 0:
+        raise BadVolumeError(f"the volume is empty (shape {volume.shape})")
+    if not (np.issubdtype(volume.dtype, np.number) or volume.dtype == bool):
+        raise BadVolumeError(f"the volume holds {volume.dtype} values, not numbers")
+    if np.issubdtype(volume.dtype, np.complexfloating):
+        raise BadVolumeError("the volume holds complex numbers; convert it to magnitude first")
+    if np.issubdtype(volume.dtype, np.floating):
+        finite = np.isfinite(volume)
+        if not finite.all():
+            bad = volume.size - int(finite.sum())
+            raise BadVolumeError(
+                f"the volume holds {bad} NaN or infinite voxel(s) of {volume.size}; fix or mask them first"
+            )
+
+
+def _sample(volume: np.ndarray) -> np.ndarray:
+    flat = volume.reshape(-1)
+    step = max(1, flat.size // _SAMPLE_VOXELS)
+    return flat[::step].astype(np.float64)
+
+
+def normalize(volume: np.ndarray, normalization: Normalization) -> np.ndarray:
+    """Return ``volume`` as float32 normalised as ``normalization`` says (same shape)."""
+    data = np.asarray(volume, dtype=np.float32)
+    mode = normalization.mode
+    if mode == "none":
+        return data
+    if mode == "ct_window":
+        lower, upper = normalization.lower, normalization.upper
+        return ((np.clip(data, lower, upper) - lower) / (upper - lower)).astype(np.float32)
+    sample = _sample(data)
+    if mode == "percentile":
+        lower, upper = np.percentile(sample, [normalization.lower, normalization.upper])
+        if upper <= lower:
+            return np.zeros_like(data)
+        return ((np.clip(data, lower, upper) - lower) / (upper - lower)).astype(np.float32)
+    # zscore
+    if normalization.threshold is not None:
+        sample = sample[sample > normalization.threshold]
+        if sample.size == 0:
+            return np.zeros_like(data)
+    mean, std = float(sample.mean()), float(sample.std())
+    return ((data - mean) / max(std, 1e-8)).astype(np.float32)

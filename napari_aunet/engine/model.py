@@ -1,0 +1,165 @@
+"""Attention U-Net (Oktay et al., 2018, "Attention U-Net: Learning Where to Look for the Pancreas",
+arXiv:1804.03999) with the gate computed at the skip connection's own grid, as defined in DESIGN.md.
+
+One class covers the plain U-Net (no gates), the Attention U-Net (every skip gated) and anything in
+between, in 2D and 3D. Encoders and decoders are kept in lists indexed by level so "level k" is a name
+in the code: level 1 is the full-resolution level, level k is ``2**(k-1)`` times coarser.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+
+
+def _conv(spatial_dims: int) -> type[nn.Module]:
+    return nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+
+
+def _batch_norm(spatial_dims: int) -> type[nn.Module]:
+    return nn.BatchNorm2d if spatial_dims == 2 else nn.BatchNorm3d
+
+
+class ConvBlock(nn.Sequential):
+    """Two ``Conv3x3 + BatchNorm + ReLU`` layers."""
+
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int) -> None:
+        conv, norm = _conv(spatial_dims), _batch_norm(spatial_dims)
+        super().__init__(
+            conv(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
+            norm(out_channels),
+            nn.ReLU(inplace=True),
+            conv(out_channels, out_channels, kernel_size=3, padding=1, bias=False),
+            norm(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class AttentionGate(nn.Module):
+    """Additive attention gate.
+
+    For skip features ``x`` (``skip_channels``, fine grid) and gating signal ``g`` (``gating_channels``)::
+
+        gx  = BN(Conv1x1(x))                 # skip_channels  -> inter_channels
+        gg  = BN(Conv1x1(g))                 # gating_channels -> inter_channels, resized to x's grid if needed
+        psi = Sigmoid(BN(Conv1x1(ReLU(gx + gg))))   # one coefficient per voxel, in [0, 1]
+        out = x * psi
+
+    ``forward`` returns ``(out, psi)``; ``psi`` has shape ``(N, 1, *x.shape[2:])``.
+    """
+
+    def __init__(
+        self, spatial_dims: int, skip_channels: int, gating_channels: int, inter_channels: int | None = None
+    ) -> None:
+        super().__init__()
+        conv, norm = _conv(spatial_dims), _batch_norm(spatial_dims)
+        inter_channels = inter_channels or max(skip_channels // 2, 1)
+        self.spatial_dims = spatial_dims
+        self.skip_transform = nn.Sequential(conv(skip_channels, inter_channels, kernel_size=1), norm(inter_channels))
+        self.gating_transform = nn.Sequential(
+            conv(gating_channels, inter_channels, kernel_size=1), norm(inter_channels)
+        )
+        self.psi = nn.Sequential(conv(inter_channels, 1, kernel_size=1), norm(1), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        gx = self.skip_transform(x)
+        gg = self.gating_transform(g)
+        if gg.shape[2:] != gx.shape[2:]:
+            mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
+            gg = F.interpolate(gg, size=gx.shape[2:], mode=mode, align_corners=False)
+        psi = self.psi(F.relu(gx + gg))
+        return x * psi, psi
+
+
+class DecoderBlock(nn.Module):
+    """``up = ConvTranspose(stride 2)(below)``; ``skip = gate(x=skip, g=up)``; ``cat([up, skip])``; ConvBlock."""
+
+    def __init__(self, spatial_dims: int, below_channels: int, skip_channels: int, gated: bool) -> None:
+        super().__init__()
+        up_conv = nn.ConvTranspose2d if spatial_dims == 2 else nn.ConvTranspose3d
+        self.up = up_conv(below_channels, skip_channels, kernel_size=2, stride=2)
+        self.gate = AttentionGate(spatial_dims, skip_channels, skip_channels) if gated else None
+        self.conv = ConvBlock(spatial_dims, 2 * skip_channels, skip_channels)
+
+    def forward(self, below: torch.Tensor, skip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        up = self.up(below)
+        psi = None
+        if self.gate is not None:
+            skip, psi = self.gate(skip, up)
+        return self.conv(torch.cat([up, skip], dim=1)), psi
+
+
+class AttentionUNet(nn.Module):
+    """U-Net whose skip connections can be gated, in 2D or 3D.
+
+    Input ``(N, C, *spatial)`` of any size: it is padded at the far end of every axis up to a multiple
+    of ``config.size_multiple`` (edge-replicated) and the outputs are cropped back, never resized.
+    ``forward(x)`` returns the logits ``(N, out_channels, *spatial)``; with ``return_attention=True`` it
+    returns ``(logits, attention)`` where ``attention[k]`` is the gate map of level ``k``, shape
+    ``(N, 1, *ceil(spatial / 2**(k-1)))``, values in ``[0, 1]``.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        dims, widths = config.spatial_dims, config.widths
+        self.encoders = nn.ModuleList()
+        in_channels = config.in_channels
+        for width in widths:
+            self.encoders.append(ConvBlock(dims, in_channels, width))
+            in_channels = width
+        # decoders[k - 1] merges level k+1 into level k's skip.
+        self.decoders = nn.ModuleList(
+            DecoderBlock(dims, widths[k], widths[k - 1], gated=k in config.gated_levels) for k in config.skip_levels
+        )
+        self.head = _conv(dims)(widths[0], config.out_channels, kernel_size=1)
+        self.pool = nn.MaxPool2d(2) if dims == 2 else nn.MaxPool3d(2)
+
+    def forward(
+        self, x: torch.Tensor, return_attention: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        dims = self.config.spatial_dims
+        if x.ndim != dims + 2 or x.shape[1] != self.config.in_channels:
+            raise ValueError(
+                f"expected input of shape (N, {self.config.in_channels}, {', '.join('*' * dims)}), got {tuple(x.shape)}"
+            )
+        spatial = x.shape[2:]
+        multiple = self.config.size_multiple
+        pads = [(-size) % multiple for size in spatial]
+        if any(pads):
+            # F.pad takes (last_lo, last_hi, ..., first_lo, first_hi); pad only the far end.
+            x = F.pad(x, [p for pad in reversed(pads) for p in (0, pad)], mode="replicate")
+
+        skips = []
+        features = x
+        for level, encoder in enumerate(self.encoders, start=1):
+            if level > 1:
+                features = self.pool(features)
+            features = encoder(features)
+            skips.append(features)
+
+        attention: dict[int, torch.Tensor] = {}
+        features = skips[-1]
+        for level in reversed(self.config.skip_levels):
+            features, psi = self.decoders[level - 1](features, skips[level - 1])
+            if psi is not None:
+                attention[level] = psi
+        logits = self.head(features)
+
+        crop = (slice(None), slice(None), *(slice(0, size) for size in spatial))
+        logits = logits[crop]
+        if not return_attention:
+            return logits
+        for level, psi in attention.items():
+            factor = 2 ** (level - 1)
+            attention[level] = psi[
+                (slice(None), slice(None), *(slice(0, -(-size // factor)) for size in spatial))
+            ]
+        return logits, dict(sorted(attention.items()))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

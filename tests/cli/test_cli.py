@@ -1,0 +1,141 @@
+"""The `aunet` command end to end on generated phantoms written as real NIfTI files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from napari_aunet.cli import main
+from napari_aunet.engine.checkpoint import save_checkpoint
+from napari_aunet.io import load_scan
+
+
+@pytest.fixture(scope="module")
+def phantom_file(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("phantom")
+    image, labels = folder / "phantom.nii.gz", folder / "truth.nii.gz"
+    assert main([
+        "phantom", str(image), "--labels", str(labels), "--shape", "40,64,23", "--spacing", "1.5,1,2", "--uint8",
+    ]) == 0
+    return image, labels
+
+
+def test_phantom_command_writes_aligned_image_and_labels(phantom_file):
+    image, labels = (load_scan(p) for p in phantom_file)
+    assert image.data.shape == labels.data.shape == (40, 64, 23)
+    assert image.data.dtype == np.uint8 and labels.is_label_map
+    assert image.spacing == pytest.approx((1.5, 1.0, 2.0))
+    np.testing.assert_allclose(image.affine, labels.affine)
+
+
+def test_segment_writes_labels_and_attention_maps_that_align(phantom_file, tmp_path, capsys):
+    image_path, truth_path = phantom_file
+    out = tmp_path / "seg.nii.gz"
+    maps = tmp_path / "maps"
+    code = main(["segment", str(image_path), "-o", str(out), "--model", "phantom", "--attention-dir", str(maps),
+                 "--axis", "2", "--device", "cpu"])
+    assert code == 0
+    source, labels = nib.load(image_path), nib.load(out)
+    assert labels.shape == source.shape
+    assert np.issubdtype(labels.get_data_dtype(), np.integer)
+    np.testing.assert_allclose(labels.affine, source.affine)
+    assert int(labels.header["sform_code"]) == int(source.header["sform_code"])
+    assert int(labels.header["qform_code"]) == int(source.header["qform_code"])
+    assert nib.aff2axcodes(labels.affine) == nib.aff2axcodes(source.affine)
+
+    # The bundled phantom model finds the organ it was trained on.
+    truth = np.asarray(nib.load(truth_path).dataobj)
+    predicted = np.asarray(labels.dataobj)
+    organ = (predicted >= 1), (truth >= 1)
+    assert 2 * (organ[0] & organ[1]).sum() / (organ[0].sum() + organ[1].sum()) > 0.9
+
+    written = sorted(p.name for p in maps.iterdir())
+    assert written == ["level1.nii.gz", "level2.nii.gz", "level3.nii.gz"]
+    for level in (1, 2, 3):
+        factor = 2 ** (level - 1)
+        attention = nib.load(maps / f"level{level}.nii.gz")
+        assert attention.shape == (-(-40 // factor), -(-64 // factor), 23)  # sliced along axis 2
+        # Cell (0,0,0) of level k sits at the centre of the first factor x factor input voxels.
+        centre = attention.affine @ [0, 0, 0, 1]
+        expected = source.affine @ [(factor - 1) / 2, (factor - 1) / 2, 0, 1]
+        np.testing.assert_allclose(centre, expected, atol=1e-5)
+        np.testing.assert_allclose(np.linalg.norm(attention.affine[:3, :3], axis=0), [1.5 * factor, factor, 2.0])
+        values = np.asarray(attention.dataobj)
+        assert values.min() >= 0 and values.max() <= 1
+    printed = capsys.readouterr().out.split()
+    assert str(out) in printed
+
+
+def test_auto_axis_slices_axially_in_a_non_ras_file(tmp_path):
+    """A file stored as (S, A, R) rows: auto picks axis 0, the superior-inferior one."""
+    rng = np.random.default_rng(0)
+    affine = np.array([[0, 0, 1.0, -10], [0, 1.0, 0, -20], [1.0, 0, 0, 5], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(rng.normal(size=(9, 20, 24)).astype(np.float32), affine), tmp_path / "sar.nii.gz")
+    out = tmp_path / "seg.nii.gz"
+    assert main(["segment", str(tmp_path / "sar.nii.gz"), "-o", str(out), "--model", "phantom",
+                 "--attention-dir", str(tmp_path / "maps"), "-q"]) == 0
+    assert nib.load(tmp_path / "maps" / "level2.nii.gz").shape == (9, 10, 12)
+    np.testing.assert_allclose(nib.load(out).affine, affine)
+
+
+def test_info_prints_the_config_as_json(capsys):
+    assert main(["info", "default"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["config"]["class_names"] == ["background", "organ", "lesion"]
+    assert summary["config"]["gated_levels"] == [1, 2, 3]
+    assert "phantom" in summary["model_card"]
+
+
+@pytest.mark.parametrize(
+    "make_input, args, message",
+    [
+        (lambda p: p.write_bytes(b"not a scan at all" * 10), [], "cannot read"),
+        (lambda p: None, [], "no such file"),
+        (lambda p: nib.save(nib.Nifti1Image(np.full((8, 8, 8), np.nan, np.float32), np.eye(4)), p), [], "NaN"),
+        (lambda p: nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4)), p),
+         ["--model", "nonexistent"], "unknown model 'nonexistent'"),
+        (lambda p: nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4)), p),
+         ["--axis", "7"], "--axis 7 does not exist"),
+        (lambda p: nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4)), p),
+         ["--mode", "3d"], "2D model"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, make_input, args, message):
+    scan = tmp_path / "in.nii.gz"
+    make_input(scan)
+    code = main(["segment", str(scan), "-o", str(tmp_path / "out.nii.gz"), "--model", "phantom", *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("aunet: error:") and message in err and "\n" not in err
+    assert not (tmp_path / "out.nii.gz").exists()
+
+
+def test_a_pickled_checkpoint_is_refused_by_the_cli(tmp_path, capsys, phantom_file):
+    evil = tmp_path / "evil.safetensors"
+    torch.save({"w": torch.zeros(1)}, evil)
+    assert main(["segment", str(phantom_file[0]), "-o", str(tmp_path / "o.nii.gz"), "--model", str(evil)]) == 2
+    assert "never unpickles" in capsys.readouterr().err
+    assert main(["info", str(evil)]) == 2
+
+
+def test_a_user_checkpoint_can_be_used_by_path(tmp_path, phantom_file, tiny_model_2d):
+    path = save_checkpoint(tmp_path / "mine.safetensors", tiny_model_2d)
+    assert main(["segment", str(phantom_file[0]), "-o", str(tmp_path / "o.nii.gz"), "--model", str(path), "-q"]) == 0
+    assert nib.load(tmp_path / "o.nii.gz").shape == (40, 64, 23)
+
+
+def test_console_script_help_is_useful():
+    aunet = shutil.which("aunet") or str(__import__("pathlib").Path(sys.executable).parent / "aunet")
+    for command in ([], ["segment"], ["info"]):
+        result = subprocess.run([aunet, *command, "--help"], capture_output=True, text=True, check=True)
+        assert "usage: aunet" in result.stdout
+    segment_help = subprocess.run([aunet, "segment", "--help"], capture_output=True, text=True).stdout
+    for option in ("--model", "--device", "--mode", "--axis", "--attention-dir"):
+        assert option in segment_help

@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny models (widths 4-8) and small phantoms so engine tests run in seconds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from napari_aunet.engine.config import ModelConfig, Normalization
+from napari_aunet.engine.model import AttentionUNet
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _few_threads():
+    torch.set_num_threads(2)
+
+
+def tiny_config(spatial_dims: int = 2, gated_levels=(1, 2), out_channels: int = 3, **kwargs) -> ModelConfig:
+    names = ("background", "organ", "lesion", "extra")[:out_channels]
+    return ModelConfig(
+        spatial_dims=spatial_dims,
+        in_channels=kwargs.pop("in_channels", 1),
+        out_channels=out_channels,
+        widths=kwargs.pop("widths", (4, 8, 8)),
+        gated_levels=gated_levels,
+        class_names=names,
+        normalization=kwargs.pop("normalization", Normalization(mode="zscore")),
+        **kwargs,
+    )
+
+
+def tiny_model(spatial_dims: int = 2, seed: int = 0, **kwargs) -> AttentionUNet:
+    torch.manual_seed(seed)
+    return AttentionUNet(tiny_config(spatial_dims, **kwargs)).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_2d() -> AttentionUNet:
+    return tiny_model(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_3d() -> AttentionUNet:
+    return tiny_model(3)
