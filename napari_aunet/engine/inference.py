@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -152,21 +152,44 @@ class Segmenter:
         self,
         volume: np.ndarray,
         *,
+        progress: ProgressCallback | None = None,
+        cancel: CancelFlag = None,
+        **options,
+    ) -> SegmentationResult:
+        """Segment a 2D ``(Y, X)`` or 3D array (any numeric dtype, file axis order); see :meth:`iter_segment`.
+
+        ``progress(done, total)`` is called after each batch/window; when ``cancel`` is set the run stops
+        with :class:`Cancelled`.
+        """
+        steps = self.iter_segment(volume, **options)
+        try:
+            while True:
+                if is_cancelled(cancel):
+                    steps.close()
+                    raise Cancelled("segmentation cancelled")
+                done, total = next(steps)
+                if progress is not None:
+                    progress(done, total)
+        except StopIteration as finished:
+            return finished.value
+
+    def iter_segment(
+        self,
+        volume: np.ndarray,
+        *,
         mode: str | None = None,
         axis: int = 0,
         roi_size: tuple[int, ...] | int = 96,
         overlap: float = 0.25,
         return_probabilities: bool = False,
         return_attention: bool = True,
-        progress: ProgressCallback | None = None,
-        cancel: CancelFlag = None,
-    ) -> SegmentationResult:
-        """Segment a 2D ``(Y, X)`` or 3D ``(Z, Y, X)``-like array (any numeric dtype, file axis order).
+    ) -> Generator[tuple[int, int], None, SegmentationResult]:
+        """Generator form: yields ``(done, total)`` after each batch and returns the result.
 
-        ``mode`` defaults to the model's own dimensionality. ``axis`` is the slicing axis in ``2d`` mode;
-        ``roi_size`` and ``overlap`` (fraction of the window shared by neighbours) apply to ``3d`` mode.
-        ``progress(done, total)`` is called after each batch/window; when ``cancel`` is set the run stops
-        with :class:`Cancelled`.
+        Stop early by closing the generator (or simply not resuming it): this is how a GUI worker
+        cancels between batches. ``mode`` defaults to the model's own dimensionality; ``axis`` is the
+        slicing axis in ``2d`` mode; ``roi_size`` and ``overlap`` (fraction of the window shared by
+        neighbours) apply to ``3d`` mode.
         """
         volume = np.asarray(volume)
         check_volume(volume)
@@ -185,12 +208,10 @@ class Segmenter:
             raise BadVolumeError(f"a 3D model needs a 3D volume, got shape {volume.shape}")
         normalized = normalize(volume, self.config.normalization)
         if mode == "2d":
-            return self._segment_slices(normalized, axis, return_probabilities, return_attention, progress, cancel)
-        return self._segment_windows(
-            normalized, roi_size, overlap, return_probabilities, return_attention, progress, cancel
-        )
+            return (yield from self._segment_slices(normalized, axis, return_probabilities, return_attention))
+        return (yield from self._segment_windows(normalized, roi_size, overlap, return_probabilities, return_attention))
 
-    def _segment_slices(self, volume, axis, return_probabilities, return_attention, progress, cancel):
+    def _segment_slices(self, volume, axis, return_probabilities, return_attention):
         single = volume.ndim == 2
         if single:
             volume, axis = volume[None], 0
@@ -207,15 +228,12 @@ class Segmenter:
         }
         total = math.ceil(count / self.batch_size)
         for batch_index, start in enumerate(range(0, count, self.batch_size)):
-            if is_cancelled(cancel):
-                raise Cancelled("segmentation cancelled")
             stop = min(start + self.batch_size, count)
             batch_probabilities, batch_attention = self._run(slices[start:stop, None])
             probabilities[start:stop] = batch_probabilities
             for level, maps in batch_attention.items():
                 attention[level][start:stop] = maps
-            if progress is not None:
-                progress(batch_index + 1, total)
+            yield batch_index + 1, total
 
         def restore(array: np.ndarray, leading: int = 0) -> np.ndarray:
             array = np.moveaxis(array, leading, axis + leading)
@@ -243,7 +261,7 @@ class Segmenter:
             axis=None if single else axis,
         )
 
-    def _segment_windows(self, volume, roi_size, overlap, return_probabilities, return_attention, progress, cancel):
+    def _segment_windows(self, volume, roi_size, overlap, return_probabilities, return_attention):
         if not 0.0 <= overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
         multiple = self.config.size_multiple
@@ -272,8 +290,6 @@ class Segmenter:
 
         total = math.ceil(len(corners) / self.batch_size)
         for batch_index, first in enumerate(range(0, len(corners), self.batch_size)):
-            if is_cancelled(cancel):
-                raise Cancelled("segmentation cancelled")
             batch_corners = corners[first : first + self.batch_size]
             windows = [tuple(slice(c, c + r) for c, r in zip(corner, roi, strict=True)) for corner in batch_corners]
             batch = np.stack([padded[window] for window in windows])[:, None]
@@ -285,8 +301,7 @@ class Segmenter:
                     cells = tuple(slice(c // factor, (c + r) // factor) for c, r in zip(corner, roi, strict=True))
                     attention_sum[level][cells] += batch_attention[level][index] * level_weights[level]
                     attention_weight[level][cells] += level_weights[level]
-            if progress is not None:
-                progress(batch_index + 1, total)
+            yield batch_index + 1, total
 
         crop = tuple(slice(0, n) for n in shape)
         probabilities = (probability_sum / weight_sum)[(slice(None), *crop)]

@@ -155,3 +155,19 @@ def test_grid_geometry_places_a_pooled_delta_on_its_voxel():
     level = GridGeometry.pooled(3, 4, axes=(0, 1))
     np.testing.assert_allclose(level.affine(affine) @ [0, 0, 0, 1], [10 + 1.5 * 0.5, 20 + 1.5 * 2.0, 30, 1])
     assert level.world((0.5, 2.0, 3.0), (10, 20, 30)) == ((2.0, 8.0, 3.0), (10.75, 23.0, 30.0))
+
+
+def test_generator_form_yields_per_batch_and_returns_the_result(tiny_model_2d, volume):
+    steps = Segmenter(tiny_model_2d, device="cpu", batch_size=4).iter_segment(volume, axis=2)
+    seen = []
+    try:
+        while True:
+            seen.append(next(steps))
+    except StopIteration as finished:
+        result = finished.value
+    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert result.labels.shape == volume.shape
+    # Closing early (a GUI's cancel) just stops: no result, no error.
+    steps = Segmenter(tiny_model_2d, device="cpu", batch_size=4).iter_segment(volume, axis=2)
+    assert next(steps) == (1, 4)
+    steps.close()
