@@ -1,47 +1,60 @@
-"""`aunet demo`: a sample scan, its segmentation and one layer per attention level, in napari."""
+"""`aunet demo`: napari with a sample scan, segmented through the plugin's own widgets.
+
+With ``--screenshot`` it waits for the segmentation, shows the attention levels side by side with the
+comparison table filled in, saves a screenshot of the whole window and exits.
+"""
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
+import time
+
+SAMPLE = "phantom"
 
 
-def run_demo(screenshot: str | None = None, output_dir: str = "demo-output") -> int:
-    import numpy as np
-
-    from .engine.bundled import load_model
-    from .engine.inference import Segmenter
-    from .engine.phantoms import generate_phantom
-    from .io import save_image, save_labels
-
-    folder = Path(output_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    phantom = generate_phantom((48, 128, 128), seed=2024)
-    spacing = (2.0, 1.0, 1.0)
-    affine = np.diag([*spacing, 1.0])
-    save_image(folder / "phantom.nii.gz", phantom.image, affine=affine)
-    segmenter = Segmenter(load_model("phantom"))
-    result = segmenter.segment(phantom.image, mode="2d", axis=0)
-    save_labels(folder / "phantom_labels.nii.gz", result.labels, affine=affine)
-    print(f"wrote {folder / 'phantom.nii.gz'} and {folder / 'phantom_labels.nii.gz'}", file=sys.stderr)
-
+def run_demo(screenshot: str | None = None) -> int:
     import napari
+    from qtpy.QtWidgets import QApplication
 
-    viewer = napari.Viewer(title="napari-aunet demo", show=screenshot is None)
-    viewer.add_image(phantom.image, name="phantom", scale=spacing, colormap="gray")
-    for level, attention in result.attention.items():
-        scale, translate = attention.geometry.world(spacing, (0.0, 0.0, 0.0))
-        viewer.add_image(
-            attention.data.astype(np.float32), name=f"attention L{level} (1/{attention.factor})", scale=scale,
-            translate=translate, colormap="inferno", blending="additive", opacity=0.5, contrast_limits=(0, 1),
-            visible=level == 1,
-        )
-    viewer.add_labels(result.labels, name="segmentation", scale=spacing, opacity=0.5)
-    viewer.dims.set_current_step(0, phantom.image.shape[0] // 2)
-    if screenshot:
-        viewer.screenshot(screenshot, canvas_only=False)
-        viewer.close()
-        print(screenshot)
+    viewer = napari.Viewer(title="napari-aunet demo", show=True)
+    viewer.window._qt_window.resize(1400, 900)
+    viewer.open_sample("napari-aunet", SAMPLE)
+    truth = next((layer for layer in viewer.layers if layer.name.endswith("ground truth")), None)
+    if truth is not None:
+        truth.visible = False
+    _, segment = viewer.window.add_plugin_dock_widget("napari-aunet", "Segment")
+    _, compare = viewer.window.add_plugin_dock_widget("napari-aunet", "Compare attention levels")
+    segment.reset_choices()
+    segment._image.value = viewer.layers[SAMPLE]
+    segment.select_model("phantom")
+    segment.run()
+    if not screenshot:
+        napari.run()
         return 0
-    napari.run()
+
+    deadline = time.monotonic() + 300
+    while segment.running and time.monotonic() < deadline:
+        QApplication.processEvents()
+        time.sleep(0.02)
+    if segment.running:
+        print("aunet: error: the demo segmentation did not finish in 5 minutes", file=sys.stderr)
+        return 1
+    compare.reset_choices()
+    compare._image.value = SAMPLE
+    compare.update_table()
+    viewer.layers[f"{SAMPLE} segmentation"].visible = False
+    compare.show_overlay()
+    for layer in viewer.layers:
+        if layer.name.startswith("attention L"):
+            layer.visible = layer.name.startswith("attention L2")
+    viewer.layers[f"{SAMPLE} segmentation"].visible = True
+    viewer.layers[f"{SAMPLE} segmentation"].contour = 1
+    viewer.dims.set_current_step(0, viewer.layers[SAMPLE].data.shape[0] // 2)
+    viewer.reset_view()
+    for _ in range(20):
+        QApplication.processEvents()
+        time.sleep(0.02)
+    viewer.screenshot(screenshot, canvas_only=False)
+    viewer.close()
+    print(screenshot)
     return 0

@@ -67,7 +67,7 @@ def _spatial_volume(scan):
 def cmd_segment(args: argparse.Namespace) -> int:
     from .engine.bundled import load_model
     from .engine.inference import Segmenter
-    from .io import load_scan, save_image, save_labels
+    from .io import load_scan, save_attention_maps, save_labels
 
     output = Path(args.output)
     if not any(str(output).endswith(s) for s in (".nii", ".nii.gz")):
@@ -94,10 +94,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if args.attention_dir is not None:
         folder = Path(args.attention_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        for level, attention in result.attention.items():
-            path = folder / f"level{level}.nii.gz"
-            save_image(path, attention.data, reference=scan, affine=attention.geometry.affine(scan.affine))
-            written.append(str(path))
+        maps = {level: (m.data, m.geometry.affine(scan.affine)) for level, m in result.attention.items()}
+        written += [str(p) for p in save_attention_maps(folder, maps, header=scan.header, file_format=scan.format)]
     if not args.quiet:
         counts = {
             name: int((result.labels == index).sum())
@@ -165,7 +163,7 @@ def cmd_build_model(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
-    return run_demo(screenshot=args.screenshot, output_dir=args.output_dir)
+    return run_demo(screenshot=args.screenshot)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -217,8 +215,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="open napari with a sample scan, its segmentation and attention layers")
     demo.add_argument("--screenshot", metavar="PNG", help="save a screenshot of the whole window and exit")
-    demo.add_argument("--output-dir", metavar="DIR", default="demo-output",
-                      help="where the sample scan and its results are written (default demo-output)")
     demo.set_defaults(handler=cmd_demo)
 
     build = sub.add_parser("build-model", help="rebuild a bundled model from its recipe (CPU, fixed seed)")

@@ -3,6 +3,7 @@
 Imports only nibabel, numpy and the standard library.
 """
 
+from napari_aunet.io.attention import save_attention_maps
 from napari_aunet.io.scan import (
     NIFTI_SUFFIXES,
     READ_SUFFIXES,
@@ -24,6 +25,7 @@ __all__ = [
     "ScanWriteError",
     "has_suffix",
     "load_scan",
+    "save_attention_maps",
     "save_image",
     "save_labels",
     "scan_from_array",

@@ -1,0 +1,277 @@
+"""Attention comparison widget: which decoder level focuses on the target, shown and in numbers.
+
+Pick levels, see them side by side (napari grid mode) or overlaid on the scan, read a table of
+per-level statistics (attention mass inside the predicted foreground, mean attention inside vs outside,
+normalised entropy), export a PNG montage of the current slice and the maps as NIfTI.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, Select, Table
+from napari.utils.notifications import show_error, show_info, show_warning
+
+from ._layers import ATTENTION_COLORMAP, ATTENTION_NOTE, attention_layer_name
+from ._state import SegmentationRun, state_for
+from .engine.attention_stats import LevelStatistics, attention_statistics
+
+TABLE_COLUMNS = ("level", "grid", "mass inside %", "mean inside", "mean outside", "entropy")
+
+
+class AttentionWidget(Container):
+    """Compare the attention levels of the last segmentation of an image."""
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__(labels=True)
+        self._viewer = napari_viewer
+        self._state = state_for(napari_viewer)
+        self._image = ComboBox(label="segmented image", choices=self._segmented_images)
+        self._levels = Select(label="levels", choices=self._level_choices, allow_multiple=True)
+        self._side_by_side = PushButton(text="Side by side (grid)")
+        self._overlay = PushButton(text="Overlay on the scan")
+        self._refresh = PushButton(text="Update table")
+        self._table = Table(value=_table_value([]))
+        self._verdict = Label(label="focus")
+        self._folder = FileEdit(label="export to", mode="d", value=Path.home())
+        self._export_png = PushButton(text="Export PNG montage (current slice)")
+        self._export_nifti = PushButton(text="Export maps as NIfTI")
+        self._table.native.setMinimumHeight(140)
+        self._table.native.horizontalHeader().setStretchLastSection(True)
+        note = Label(value=ATTENTION_NOTE)
+        note.native.setWordWrap(True)
+        self._verdict.native.setWordWrap(True)
+        self.extend([
+            self._image, self._levels, self._side_by_side, self._overlay, self._refresh, self._table,
+            self._verdict, self._folder, self._export_png, self._export_nifti, note,
+        ])
+        self._image.changed.connect(self._on_image_changed)
+        self._side_by_side.clicked.connect(self.show_side_by_side)
+        self._overlay.clicked.connect(self.show_overlay)
+        self._refresh.clicked.connect(self.update_table)
+        self._export_png.clicked.connect(lambda: self.export_png())
+        self._export_nifti.clicked.connect(lambda: self.export_nifti())
+        napari_viewer.layers.events.inserted.connect(self._on_layers_changed)
+
+    # ----- choices ------------------------------------------------------------------------------
+    def _segmented_images(self, widget=None) -> list[str]:
+        return [name for name in self._state.runs if name in self._viewer.layers]
+
+    def _level_choices(self, widget=None) -> list[tuple[str, int]]:
+        run = self._run(quiet=True)
+        if run is None:
+            return []
+        return [(attention_layer_name(level, m.factor), level) for level, m in sorted(run.result.attention.items())]
+
+    def _on_layers_changed(self, event=None) -> None:
+        self.reset_choices()
+        self._levels.value = [choice for _, choice in self._level_choices()]
+        self.update_table(quiet=True)
+
+    def _on_image_changed(self, value=None) -> None:
+        self._levels.reset_choices()
+        self._levels.value = [choice for _, choice in self._level_choices()]
+        self.update_table(quiet=True)
+
+    def _run(self, quiet: bool = False) -> SegmentationRun | None:
+        name = self._image.value
+        run = self._state.runs.get(name) if name else None
+        if run is None and not quiet:
+            show_warning("Segment an image first (Segment widget) with 'attention layers' on.")
+        elif run is not None and not run.result.attention and not quiet:
+            show_warning(f"The last segmentation of '{name}' has no attention maps (plain U-Net or turned off).")
+            return None
+        return run
+
+    def _selected_layers(self, run: SegmentationRun) -> list:
+        names = [run.attention_layers.get(level) for level in self._levels.value]
+        missing = [name for name in names if name is None or name not in self._viewer.layers]
+        if missing:
+            show_warning("Some attention layers were deleted; run Segment again to bring them back.")
+        return [self._viewer.layers[name] for name in names if name is not None and name in self._viewer.layers]
+
+    # ----- views --------------------------------------------------------------------------------
+    def show_side_by_side(self) -> None:
+        """Napari grid mode with one cell per selected level (other plugin layers hidden)."""
+        run = self._run()
+        if run is None:
+            return
+        chosen = self._selected_layers(run)
+        if not chosen:
+            show_warning("Choose at least one level.")
+            return
+        self._show_only(run, chosen, keep_scan=False)
+        self._viewer.grid.enabled = True
+        self._viewer.grid.stride = 1
+
+    def show_overlay(self) -> None:
+        """Grid mode off: the selected levels over the scan (additive blending)."""
+        run = self._run()
+        if run is None:
+            return
+        chosen = self._selected_layers(run)
+        self._show_only(run, chosen, keep_scan=True)
+        self._viewer.grid.enabled = False
+
+    def _show_only(self, run: SegmentationRun, chosen: list, keep_scan: bool) -> None:
+        ours = {name for name in run.attention_layers.values() if name in self._viewer.layers}
+        for layer in self._viewer.layers:
+            if layer.name in ours:
+                layer.visible = layer in chosen
+            elif layer.name == run.image_layer:
+                layer.visible = keep_scan
+            elif layer.name == run.labels_layer:
+                layer.visible = False
+
+    # ----- numbers ------------------------------------------------------------------------------
+    def statistics(self) -> list[LevelStatistics]:
+        run = self._run(quiet=True)
+        if run is None or not run.result.attention:
+            return []
+        foreground = run.result.labels > 0
+        return attention_statistics(run.result.attention, foreground)
+
+    def update_table(self, quiet: bool = False) -> None:
+        rows = self.statistics()
+        if not rows:
+            self._table.value = _table_value([])
+            self._verdict.value = "" if quiet else "no attention maps to compare"
+            return
+        self._table.value = _table_value([
+            [f"L{r.level}", f"1/{r.factor}", round(100 * r.mass_inside, 1), round(r.mean_inside, 3),
+             round(r.mean_outside, 3), round(r.entropy, 3)]
+            for r in rows
+        ])
+        best = max(rows, key=lambda r: r.mass_inside)
+        if np.isnan(best.mean_inside):
+            self._verdict.value = "the prediction has no foreground: nothing to focus on"
+        else:
+            self._verdict.value = (
+                f"L{best.level} focuses most on the predicted foreground: {100 * best.mass_inside:.1f} % of its "
+                f"attention lies there (mean {best.mean_inside:.2f} inside vs {best.mean_outside:.2f} outside)"
+            )
+
+    # ----- export -------------------------------------------------------------------------------
+    def _export_folder(self, folder) -> Path | None:
+        folder = Path(folder if folder is not None else self._folder.value)
+        if not folder.is_dir():
+            show_error(f"Cannot export: '{folder}' is not a folder.")
+            return None
+        return folder
+
+    def export_nifti(self, folder=None) -> list[Path]:
+        """Write ``level<k>.nii.gz`` for every level of the last run, placed over the scan's file."""
+        from .io import ScanWriteError, save_attention_maps
+
+        run, folder = self._run(), self._export_folder(folder)
+        if run is None or folder is None:
+            return []
+        image = self._viewer.layers[run.image_layer]
+        header = image.metadata.get("aunet_header")
+        try:
+            written = save_attention_maps(
+                folder,
+                {level: (m.data, m.geometry.affine(run.file_affine)) for level, m in run.result.attention.items()},
+                header=header,
+            )
+        except ScanWriteError as error:
+            show_error(str(error))
+            return []
+        show_info(f"Wrote {len(written)} attention maps to {folder}")
+        return written
+
+    def export_png(self, path=None) -> Path | None:
+        """A montage of the current slice: the scan, then every level over the scan (inferno)."""
+        run = self._run()
+        if run is None:
+            return None
+        if path is None:
+            folder = self._export_folder(None)
+            if folder is None:
+                return None
+            step = "-".join(str(s) for s in self._viewer.dims.current_step)
+            path = folder / f"{run.image_layer}-attention-{step}.png"
+        image = self._viewer.layers[run.image_layer]
+        levels = [self._viewer.layers[n] for n in run.attention_layers.values() if n in self._viewer.layers]
+        try:
+            montage = render_montage(self._viewer, image, levels)
+            _write_png(Path(path), montage)
+        except (OSError, ValueError) as error:
+            show_error(f"Cannot export the montage: {error}")
+            return None
+        show_info(f"Saved {path}")
+        return Path(path)
+
+
+def _table_value(rows: list[list]) -> dict:
+    """magicgui's "split" table format (data, index and columns all given, or it reads columns)."""
+    return {"data": rows, "index": [str(i + 1) for i in range(len(rows))], "columns": list(TABLE_COLUMNS)}
+
+
+def _slice_grid(viewer, layer) -> tuple[np.ndarray, tuple[int, int]]:
+    """World coordinates of the displayed plane's pixels of ``layer`` at the current slice: (H, W, ndim)."""
+    offset = viewer.dims.ndim - layer.ndim
+    displayed = [axis - offset for axis in viewer.dims.displayed[-2:]]
+    data_point = np.asarray(layer.world_to_data(viewer.dims.point), float)
+    shape = [layer.data.shape[a] for a in displayed]
+    rows, cols = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    index = np.broadcast_to(np.round(data_point), (*shape, layer.ndim)).copy()
+    index[..., displayed[0]] = rows
+    index[..., displayed[1]] = cols
+    world = index * np.asarray(layer.scale) + np.asarray(layer.translate)
+    return world, (shape[0], shape[1])
+
+
+def _sample(layer, world: np.ndarray) -> np.ndarray:
+    """Nearest-neighbour values of ``layer`` at world points (H, W, ndim); NaN outside the layer."""
+    index = np.round((world - np.asarray(layer.translate)) / np.asarray(layer.scale)).astype(int)
+    shape = np.asarray(layer.data.shape)
+    inside = np.all((index >= 0) & (index < shape), axis=-1)
+    clipped = np.clip(index, 0, shape - 1)
+    values = np.asarray(layer.data)[tuple(np.moveaxis(clipped, -1, 0))].astype(np.float32)
+    values[~inside] = np.nan
+    return values
+
+
+def render_montage(viewer, image, levels: list) -> np.ndarray:
+    """RGB uint8 montage (H, W * (1 + levels), 3) of the current slice: scan, then each level over it."""
+    from napari.utils.colormaps import ensure_colormap
+
+    world, _ = _slice_grid(viewer, image)
+    scan = _sample(image, world)
+    low, high = image.contrast_limits
+    grey = np.clip((np.nan_to_num(scan, nan=low) - low) / max(high - low, 1e-6), 0, 1)
+    tiles = [np.repeat(grey[..., None], 3, axis=-1)]
+    colormap = ensure_colormap(ATTENTION_COLORMAP)
+    for layer in levels:
+        values = np.nan_to_num(_sample(layer, world), nan=0.0)
+        colour = colormap.map(values.reshape(-1)).reshape(*values.shape, 4)[..., :3]
+        tiles.append(np.clip(0.5 * tiles[0] + 0.8 * colour * values[..., None], 0, 1))
+    separator = np.ones((grey.shape[0], 2, 3))
+    parts = []
+    for tile in tiles:
+        parts.extend([tile, separator])
+    return (np.concatenate(parts[:-1], axis=1) * 255).astype(np.uint8)
+
+
+def _write_png(path: Path, rgb: np.ndarray) -> None:
+    """Write an RGB uint8 array as PNG atomically (temporary file + rename)."""
+    import os
+    import tempfile
+
+    from qtpy.QtGui import QImage
+
+    if not path.parent.is_dir():
+        raise ValueError(f"folder '{path.parent}' does not exist")
+    rgb = np.ascontiguousarray(rgb)
+    height, width, _ = rgb.shape
+    qimage = QImage(rgb.data, width, height, 3 * width, QImage.Format_RGB888)
+    handle, temp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=path.parent)
+    os.close(handle)
+    try:
+        if not qimage.save(temp, "PNG"):
+            raise OSError(f"could not write '{path}'")
+        os.replace(temp, path)
+    finally:
+        Path(temp).unlink(missing_ok=True)

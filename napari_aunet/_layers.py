@@ -1,0 +1,69 @@
+"""Layer building: engine outputs (file order, with geometry) to napari layer data and keyword arguments.
+
+Every array is placed through the display convention of ``_orientation`` (RAS axes, ``scale`` = voxel
+size in mm, ``translate`` = world position of the first voxel), so an attention map at a coarser grid lines
+up with the scan by construction, without resampling.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._orientation import display_placement
+
+ATTENTION_COLORMAP = "inferno"
+ATTENTION_NOTE = (
+    "Attention maps show where each gate lets skip features through; "
+    "they are not a faithful explanation of the network's decision."
+)
+# Colours of classes 1, 2, … (class 0, background, is transparent).
+CLASS_COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#ffe119", "#f58231", "#911eb4", "#46f0f0", "#f032e6")
+
+
+def attention_layer_name(level: int, factor: int) -> str:
+    """``attention L1 (1/1)``, ``attention L2 (1/2)`` …: sorts and reads naturally."""
+    return f"attention L{level} (1/{factor})"
+
+
+def segmentation_layer_name(image_name: str) -> str:
+    return f"{image_name} segmentation"
+
+
+def placed(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, dict]:
+    """File-order ``data`` on the grid of ``affine`` -> display-order data and ``scale``/``translate``."""
+    transform, scale, translate = display_placement(affine, data.shape)
+    return transform.to_display(data), {"scale": tuple(scale), "translate": tuple(translate)}
+
+
+def labels_appearance(class_names: tuple[str, ...]) -> dict:
+    """Class names as features (one row per label value) and a fixed colour per class."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    colors = {None: "transparent", 0: "transparent"}
+    for index in range(1, len(class_names)):
+        colors[index] = CLASS_COLORS[(index - 1) % len(CLASS_COLORS)]
+    return {
+        "features": {"index": list(range(len(class_names))), "class": list(class_names)},
+        "colormap": DirectLabelColormap(color_dict=colors),
+    }
+
+
+def attention_appearance() -> dict:
+    return {
+        "colormap": ATTENTION_COLORMAP,
+        "blending": "additive",
+        "opacity": 0.6,
+        "contrast_limits": (0.0, 1.0),
+    }
+
+
+def voxel_volume_ml(affine: np.ndarray, ndim: int) -> float:
+    """Volume of one voxel in mL (cm³) from a file affine in mm (area in mm² for 2D, reported as-is)."""
+    return float(abs(np.linalg.det(np.asarray(affine)[:ndim, :ndim]))) / 1000.0
+
+
+def class_volumes_ml(labels: np.ndarray, class_names: tuple[str, ...], affine: np.ndarray) -> dict[str, float]:
+    """Volume of each foreground class in mL."""
+    counts = np.bincount(labels.reshape(-1).astype(np.int64), minlength=len(class_names))
+    per_voxel = voxel_volume_ml(affine, labels.ndim)
+    return {name: float(counts[index]) * per_voxel for index, name in enumerate(class_names) if index > 0}

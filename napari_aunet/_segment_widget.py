@@ -1,0 +1,401 @@
+"""Segment widget: run a model on an image layer; labels plus one layer per attention level.
+
+The run happens in a napari ``thread_worker`` that yields after every batch (progress bar, Cancel);
+layers are only added or changed in the GUI thread, in the worker's ``returned`` callback.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton, create_widget
+from napari.layers import Image
+from napari.qt.threading import thread_worker
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_info, show_warning
+
+from ._layers import (
+    ATTENTION_NOTE,
+    attention_appearance,
+    attention_layer_name,
+    class_volumes_ml,
+    labels_appearance,
+    placed,
+    segmentation_layer_name,
+)
+from ._orientation import DisplayTransform, file_order
+from ._state import SegmentationRun, state_for
+from .engine.bundled import BUNDLED_MODELS, load_model
+from .engine.checkpoint import Checkpoint, CheckpointError
+from .engine.geometry import GridGeometry
+from .engine.inference import SegmentationResult, Segmenter
+
+FILE_CHOICE = "checkpoint file…"
+PLANES = {"axial": 2, "coronal": 1, "sagittal": 0}  # display (RAS) axis each plane slices along
+VIEW_PLANE = "viewer's slice"
+
+
+@dataclass
+class ImageSource:
+    """An image layer's voxels in file order, with the file affine and the display transform."""
+
+    volume: np.ndarray
+    affine: np.ndarray  # 4x4, file order
+    transform: DisplayTransform | None  # None: the layer is shown in its own order
+    leading: tuple[int, ...]  # indices taken on extra leading axes (4D series)
+
+    def file_axis(self, display_axis: int) -> int:
+        return self.transform.axes[display_axis] if self.transform is not None else display_axis
+
+    def file_index(self, display_axis: int, display_index: int) -> int:
+        if self.transform is not None and self.transform.flips[display_axis]:
+            return self.volume.shape[self.file_axis(display_axis)] - 1 - display_index
+        return display_index
+
+
+def image_source(layer, viewer) -> ImageSource:
+    """File-order voxels of ``layer`` (the current volume of a series) with their affine."""
+    aunet = layer.metadata.get("aunet") if isinstance(layer.metadata, dict) else None
+    data = layer.data
+    if getattr(layer, "multiscale", False):
+        data = data[0]
+    if getattr(layer, "rgb", False):
+        raise ValueError(f"'{layer.name}' is an RGB image; segment a greyscale scan")
+    spatial = len(aunet["display"]["axes"]) if aunet else min(data.ndim, 3)
+    extra = data.ndim - spatial
+    leading = ()
+    if extra > 0:
+        offset = viewer.dims.ndim - data.ndim
+        leading = tuple(int(viewer.dims.current_step[offset + axis]) for axis in range(extra))
+        data = data[leading]
+    data = np.asarray(data)
+    if aunet:
+        transform = DisplayTransform.from_metadata(aunet["display"])
+        return ImageSource(file_order(data, layer.metadata), np.asarray(aunet["affine"], float), transform, leading)
+    affine = np.eye(4)
+    scale, translate = layer.scale[extra:], layer.translate[extra:]
+    for axis in range(spatial):
+        affine[axis, axis] = scale[axis]
+        affine[axis, 3] = translate[axis]
+    return ImageSource(data, affine, None, leading)
+
+
+@thread_worker(ignore_errors=True)
+def _segment_in_worker(segmenter: Segmenter, volume: np.ndarray, options: dict):
+    started = time.perf_counter()
+    result = yield from segmenter.iter_segment(volume, **options)
+    return result, time.perf_counter() - started
+
+
+class SegmentWidget(Container):
+    """Choose an image, a model, a device and a mode; press Segment."""
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__(labels=True)
+        self._viewer = napari_viewer
+        self._state = state_for(napari_viewer)
+        self._worker = None
+        self._progress = None
+        self._image = create_widget(label="image", annotation=Image)
+        self._model = ComboBox(label="model", choices=self._model_choices)
+        self._checkpoint = FileEdit(label="checkpoint", filter="*.safetensors", visible=False)
+        self._card = Label(label="about")
+        self._device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
+        self._mode = ComboBox(label="mode", choices=[("2D slice by slice", "2d"), ("3D window", "3d")], value="2d")
+        self._plane = ComboBox(label="slices", choices=[VIEW_PLANE, *PLANES], value=VIEW_PLANE)
+        self._scope = ComboBox(label="run on", choices=["whole volume", "current slice"], value="whole volume")
+        self._with_attention = CheckBox(text="attention layers", value=True)
+        self._with_probabilities = CheckBox(text="probability layers", value=False)
+        self._run = PushButton(text="Segment")
+        self._cancel = PushButton(text="Cancel", enabled=False)
+        self._status = Label(label="status")
+        self._note = Label(value=ATTENTION_NOTE)
+        self._note.native.setWordWrap(True)
+        self._card.native.setWordWrap(True)
+        self._status.native.setWordWrap(True)
+        self.extend([
+            self._image, self._model, self._checkpoint, self._card, self._device, self._mode, self._plane,
+            self._scope, self._with_attention, self._with_probabilities, self._run, self._cancel, self._status,
+            self._note,
+        ])
+        self._model.changed.connect(self._on_model_changed)
+        self._mode.changed.connect(lambda value: setattr(self._plane, "enabled", value == "2d"))
+        self._run.clicked.connect(self.run)
+        self._cancel.clicked.connect(self.cancel)
+        self._on_model_changed(self._model.value)
+
+    # ----- models -------------------------------------------------------------------------------
+    def _model_choices(self, widget=None) -> list[str]:
+        return ["default", *BUNDLED_MODELS, *self._state.models, FILE_CHOICE]
+
+    def _on_model_changed(self, value) -> None:
+        self._checkpoint.visible = value == FILE_CHOICE
+        try:
+            checkpoint = self._checkpoint_for(value) if value != FILE_CHOICE else None
+        except CheckpointError as error:
+            self._card.value = str(error)
+            return
+        self._card.value = self._describe(checkpoint) if checkpoint else "a .safetensors checkpoint written by aunet"
+
+    @staticmethod
+    def _describe(checkpoint: Checkpoint) -> str:
+        config = checkpoint.config
+        card = checkpoint.model_card.strip().splitlines()[0] if checkpoint.model_card.strip() else ""
+        gates = ", ".join(f"L{k}" for k in config.gated_levels) or "none (plain U-Net)"
+        summary = f"{config.spatial_dims}D, classes: {', '.join(config.class_names)}; gates: {gates}"
+        return f"{card}\n{summary}" if card else summary
+
+    def _checkpoint_for(self, name: str) -> Checkpoint:
+        if name in self._state.models:
+            return self._state.models[name]
+        if name == FILE_CHOICE:
+            path = self._checkpoint.value
+            if not path or str(path) in ("", "."):
+                raise CheckpointError("choose a checkpoint file first")
+            return load_model(path)
+        return load_model(name)
+
+    def select_model(self, name: str) -> None:
+        """Make ``name`` (bundled or in the shared state) the selected model."""
+        self._model.reset_choices()
+        self._model.value = name
+
+    # ----- running ------------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._worker is not None
+
+    def run(self) -> None:
+        """Start a segmentation of the chosen image (returns at once; the work runs in a thread)."""
+        if self.running:
+            show_warning("A segmentation is already running: wait for it or press Cancel.")
+            return
+        layer = self._image.value
+        if layer is None:
+            show_warning("Open a scan first (File › Open, or a sample) and choose it as the image.")
+            return
+        try:
+            request = self._prepare(layer)
+        except (ValueError, CheckpointError) as error:
+            show_error(f"Cannot segment '{layer.name}': {error}")
+            return
+        self._status.value = f"segmenting '{layer.name}' on {request['segmenter'].device.type}…"
+        self._progress = progress(total=0, desc=f"Segmenting {layer.name}")
+        worker = _segment_in_worker(request["segmenter"], request["volume"], request["options"])
+        worker.yielded.connect(self._on_progress)
+        worker.returned.connect(lambda value: self._on_done(request, *value))
+        worker.errored.connect(lambda error: self._on_error(layer.name, error))
+        worker.aborted.connect(lambda: self._on_cancelled(layer.name))
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        self._run.enabled, self._cancel.enabled = False, True
+        worker.start()
+
+    def cancel(self) -> None:
+        if self._worker is not None:
+            self._worker.quit()
+            self._status.value = "cancelling…"
+
+    def _prepare(self, layer) -> dict:
+        source = image_source(layer, self._viewer)
+        if source.volume.ndim not in (2, 3):
+            raise ValueError(f"expected a 2D or 3D image, got {source.volume.ndim} dimensions")
+        checkpoint = self._checkpoint_for(self._model.value)
+        config = checkpoint.config
+        if config.in_channels != 1:
+            raise ValueError(
+                f"the model expects {config.in_channels} input channels, but '{layer.name}' is a one-channel scan"
+            )
+        mode = self._mode.value
+        if mode == "3d" and config.spatial_dims != 3:
+            raise ValueError("this model is 2D: choose '2D slice by slice'")
+        if mode == "2d" and config.spatial_dims != 2:
+            raise ValueError("this model is 3D: choose '3D window'")
+        if mode == "3d" and source.volume.ndim != 3:
+            raise ValueError("a 3D window needs a 3D image")
+        display_axis = self._slicing_display_axis(layer, source)
+        file_axis = source.file_axis(display_axis) if source.volume.ndim == 3 else 0
+        volume, slice_only = source.volume, None
+        if self._scope.value == "current slice" and source.volume.ndim == 3:
+            data_point = layer.world_to_data(self._viewer.dims.point)
+            display_index = int(np.clip(round(data_point[-3:][display_axis]), 0, layer.data.shape[-3:][display_axis] - 1))
+            index = source.file_index(display_axis, display_index)
+            volume = np.take(source.volume, index, axis=file_axis)
+            slice_only = (file_axis, index)
+        options = {
+            "mode": mode,
+            "axis": file_axis,
+            "return_attention": self._with_attention.value,
+            "return_probabilities": self._with_probabilities.value,
+        }
+        if slice_only is not None:
+            options["axis"] = 0
+            if mode == "3d":
+                raise ValueError("'current slice' needs a 2D model; choose 'whole volume' for a 3D window")
+        segmenter = Segmenter(checkpoint, device=self._device.value)
+        return {
+            "layer": layer, "source": source, "segmenter": segmenter, "volume": volume, "options": options,
+            "slice_only": slice_only, "model_name": str(self._model.value), "class_names": config.class_names,
+        }
+
+    def _slicing_display_axis(self, layer, source: ImageSource) -> int:
+        if source.volume.ndim == 2:
+            return 0
+        plane = self._plane.value
+        if plane != VIEW_PLANE:
+            if source.transform is None:
+                raise ValueError(f"'{layer.name}' has no scanner orientation; use \"{VIEW_PLANE}\" for its slices")
+            return PLANES[plane]
+        offset = self._viewer.dims.ndim - 3
+        sliced = [axis - offset for axis in self._viewer.dims.not_displayed if axis >= offset]
+        return sliced[-1] if sliced else 0
+
+    # ----- callbacks (GUI thread) -------------------------------------------------------------
+    def _on_progress(self, value) -> None:
+        done, total = value
+        if self._progress is not None:
+            if self._progress.total != total:
+                self._progress.total = total
+            self._progress.n = done
+            self._progress.refresh()
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+        self._run.enabled, self._cancel.enabled = True, False
+
+    def _on_cancelled(self, name: str) -> None:
+        self._status.value = f"cancelled; '{name}' and its layers are unchanged"
+        show_info(f"Segmentation of '{name}' cancelled; no layer was changed.")
+
+    def _on_error(self, name: str, error: Exception) -> None:
+        message = " ".join(str(error).split()) or type(error).__name__
+        self._status.value = f"failed: {message}"
+        show_error(f"Segmentation of '{name}' failed: {message}")
+
+    def _on_done(self, request: dict, result: SegmentationResult, seconds: float) -> None:
+        layer, source = request["layer"], request["source"]
+        slice_only = request["slice_only"]
+        if slice_only is not None:
+            result = _as_volume_slice(result, slice_only, source.volume.shape)
+        labels_name = self._show_labels(layer, source, result, slice_only)
+        attention_names = self._show_attention(layer, source, result)
+        self._show_probabilities(layer, source, result)
+        self._state.runs[layer.name] = SegmentationRun(
+            image_layer=layer.name, result=result, file_affine=source.affine, model_name=request["model_name"],
+            labels_layer=labels_name, attention_layers=attention_names, slice_only=slice_only,
+        )
+        volumes = class_volumes_ml(result.labels, result.class_names, source.affine)
+        where = "current slice" if slice_only else "volume"
+        summary = ", ".join(f"{name} {value:.2f} mL" for name, value in volumes.items())
+        self._status.value = f"{where} done in {seconds:.1f} s on {request['segmenter'].device.type}: {summary}"
+
+    # ----- layer building ---------------------------------------------------------------------
+    def _show_labels(self, layer, source: ImageSource, result: SegmentationResult, slice_only) -> str:
+        name = segmentation_layer_name(layer.name)
+        display = source.transform.to_display(result.labels) if source.transform else result.labels
+        existing = self._viewer.layers[name] if name in self._viewer.layers else None
+        if existing is not None and not self._state.is_user_edited(existing) and existing.data.shape == display.shape:
+            if slice_only is None:
+                existing.data = display  # our own, unedited layer: replace in place
+            else:
+                region = _display_slice_region(source, slice_only, display.shape)
+                existing.data_setitem(_region_indices(region, display.shape), display[region].reshape(-1))
+            return existing.name
+        if existing is not None:
+            show_info(f"'{name}' holds your edits, so it is kept; the new result is a new layer.")
+        new = self._viewer.add_labels(
+            display, name=name, scale=layer.scale[-display.ndim :], translate=layer.translate[-display.ndim :],
+            metadata=_copy_placement_metadata(layer), opacity=0.5, **labels_appearance(result.class_names),
+        )
+        self._state.watch_labels(new)
+        return new.name
+
+    def _show_attention(self, layer, source: ImageSource, result: SegmentationResult) -> dict[int, str]:
+        names = {}
+        for level, attention in result.attention.items():
+            name = attention_layer_name(level, attention.factor)
+            affine = attention.geometry.affine(source.affine)
+            if source.transform is not None:
+                data, placement = placed(attention.data, affine)
+            else:  # shown in its own order: scale and translate straight from the geometry
+                spacing = tuple(layer.scale[-attention.data.ndim :])
+                origin = tuple(layer.translate[-attention.data.ndim :])
+                scale, translate = attention.geometry.world(spacing, origin)
+                data, placement = attention.data, {"scale": scale, "translate": translate}
+            metadata = {"aunet_attention": {"level": level, "factor": attention.factor, "image": layer.name}}
+            existing = self._viewer.layers[name] if name in self._viewer.layers else None
+            if existing is not None and "aunet_attention" in existing.metadata:
+                existing.data = data
+                existing.scale, existing.translate = placement["scale"], placement["translate"]
+                existing.metadata = metadata
+            else:
+                self._viewer.add_image(data, name=name, metadata=metadata, **placement, **attention_appearance())
+            names[level] = name
+        return names
+
+    def _show_probabilities(self, layer, source: ImageSource, result: SegmentationResult) -> None:
+        if result.probabilities is None:
+            return
+        for index, class_name in enumerate(result.class_names):
+            if index == 0:
+                continue
+            probability = result.probabilities[index]
+            data = source.transform.to_display(probability) if source.transform else probability
+            name = f"p({class_name})"
+            if name in self._viewer.layers and "aunet_probability" in self._viewer.layers[name].metadata:
+                self._viewer.layers[name].data = data
+                continue
+            self._viewer.add_image(
+                data, name=name, scale=layer.scale[-data.ndim :], translate=layer.translate[-data.ndim :],
+                colormap="viridis", contrast_limits=(0.0, 1.0), opacity=0.5, blending="additive", visible=False,
+                metadata={"aunet_probability": class_name},
+            )
+
+
+def _copy_placement_metadata(layer) -> dict:
+    """What the writer needs to save a derived layer aligned with its scan (affine, header, transform)."""
+    return {key: layer.metadata[key] for key in ("aunet", "aunet_header") if key in layer.metadata}
+
+
+def _as_volume_slice(result: SegmentationResult, slice_only: tuple[int, int], shape: tuple[int, ...]):
+    """Place a one-slice result back in the volume: labels zero elsewhere, maps one slice thick."""
+    axis, index = slice_only
+    labels = np.zeros(shape, dtype=result.labels.dtype)
+    labels[(slice(None),) * axis + (index,)] = result.labels
+    attention = {}
+    for level, attention_map in result.attention.items():
+        scale = list(attention_map.geometry.scale)
+        offset = list(attention_map.geometry.offset)
+        scale.insert(axis, 1.0)
+        offset.insert(axis, float(index))
+        attention[level] = type(attention_map)(
+            level, np.expand_dims(attention_map.data, axis), GridGeometry(tuple(scale), tuple(offset))
+        )
+    probabilities = None
+    if result.probabilities is not None:
+        probabilities = np.zeros((result.probabilities.shape[0], *shape), np.float32)
+        probabilities[(slice(None),) + (slice(None),) * axis + (index,)] = result.probabilities
+    return SegmentationResult(
+        labels=labels, class_names=result.class_names, probabilities=probabilities, attention=attention,
+        mode=result.mode, axis=axis,
+    )
+
+
+def _display_slice_region(source: ImageSource, slice_only: tuple[int, int], display_shape) -> tuple:
+    file_axis, file_index = slice_only
+    display_axis = source.transform.axes.index(file_axis) if source.transform else file_axis
+    display_index = file_index
+    if source.transform is not None and source.transform.flips[display_axis]:
+        display_index = display_shape[display_axis] - 1 - file_index
+    return (slice(None),) * display_axis + (slice(display_index, display_index + 1),)
+
+
+def _region_indices(region: tuple, shape: tuple[int, ...]) -> tuple[np.ndarray, ...]:
+    grids = np.meshgrid(*(np.arange(shape[a])[region[a]] if a < len(region) else np.arange(shape[a])
+                          for a in range(len(shape))), indexing="ij")
+    return tuple(grid.reshape(-1) for grid in grids)

@@ -1,0 +1,207 @@
+"""Segment and attention-comparison widgets on a real NIfTI opened through napari's own open path."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from napari_aunet._attention_widget import AttentionWidget
+from napari_aunet._segment_widget import SegmentWidget
+from napari_aunet._state import state_for
+from napari_aunet.engine.bundled import load_model
+from napari_aunet.engine.inference import Segmenter
+from napari_aunet.engine.phantoms import generate_phantom
+
+pytestmark = pytest.mark.gui
+
+# An LPS file stored (S, A, R)-ish: display needs a permute and flips, so placement is really tested.
+AFFINE = np.array([[0.0, 0.0, -1.0, 40.0], [0.0, -1.2, 0.0, 30.0], [2.0, 0.0, 0.0, -20.0], [0, 0, 0, 1]])
+
+
+@pytest.fixture
+def phantom_path(tmp_path):
+    phantom = generate_phantom((20, 45, 38), seed=11)
+    path = tmp_path / "phantom.nii.gz"
+    nib.save(nib.Nifti1Image((phantom.image * 100).astype(np.int16), AFFINE), path)
+    return path
+
+
+def _open(viewer, path):
+    (layer,) = viewer.open(str(path), plugin="napari-aunet")
+    return layer
+
+
+def _segment(widget, qtbot, **choices):
+    for name, value in choices.items():
+        getattr(widget, f"_{name}").value = value
+    widget.run()
+    assert widget.running
+    qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
+
+
+def test_segment_then_compare_end_to_end(make_napari_viewer, qtbot, phantom_path, tmp_path):
+    viewer = make_napari_viewer()
+    image = _open(viewer, phantom_path)
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget._image.value = image
+    _segment(widget, qtbot, model="phantom", plane="axial")
+
+    names = [layer.name for layer in viewer.layers]
+    assert names == [
+        "phantom", "phantom segmentation", "attention L1 (1/1)", "attention L2 (1/2)", "attention L3 (1/4)",
+    ]
+    labels = viewer.layers["phantom segmentation"]
+    assert labels.data.shape == image.data.shape
+    np.testing.assert_allclose(labels.scale, image.scale)
+    np.testing.assert_allclose(labels.translate, image.translate)
+    assert list(labels.features["class"]) == ["background", "organ", "lesion"]
+
+    # The engine on the file's own array, sliced axially (file axis 0 is S here), is the reference.
+    volume = np.asarray(nib.load(phantom_path).dataobj)
+    reference = Segmenter(load_model("phantom"), device="cpu").segment(volume, mode="2d", axis=0)
+    np.testing.assert_array_equal(state_for(viewer).runs["phantom"].result.labels, reference.labels)
+
+    rng = np.random.default_rng(0)
+    for level, attention in reference.attention.items():
+        layer = viewer.layers[f"attention L{level} (1/{attention.factor})"]
+        assert layer.data.size == attention.data.size  # native resolution, no upsampled copy
+        assert layer.blending == "additive" and tuple(layer.contrast_limits) == (0.0, 1.0)
+        level_affine = attention.geometry.affine(AFFINE)
+        # Every sampled cell sits, in napari's world, exactly where the engine's geometry puts it.
+        for _ in range(20):
+            cell = tuple(int(rng.integers(n)) for n in attention.data.shape)
+            world = (level_affine @ [*cell, 1.0])[:3]
+            index = np.asarray(layer.world_to_data(world))
+            np.testing.assert_allclose(index, np.round(index), atol=1e-3)  # float32 header spacing
+            assert layer.data[tuple(np.round(index).astype(int))] == attention.data[cell]
+
+    # A delta in the scan: the level-3 cell over it is the one whose world box contains the voxel.
+    voxel = (7, 21, 30)
+    world_voxel = (AFFINE @ [*voxel, 1.0])[:3]
+    layer3 = viewer.layers["attention L3 (1/4)"]
+    cell_display = np.round(np.asarray(layer3.world_to_data(world_voxel)))
+    centre_world = np.asarray(layer3.data_to_world(cell_display))
+    assert np.all(np.abs(centre_world - world_voxel) <= np.abs(np.asarray(layer3.scale)) / 2 + 1e-6)
+
+    # Saving the segmentation writes it in the file's order with the file's affine.
+    viewer.layers.selection = {labels}
+    viewer.layers.save(str(tmp_path / "seg.nii.gz"), selected=True, plugin="napari-aunet")
+    saved_labels = nib.load(tmp_path / "seg.nii.gz")
+    np.testing.assert_allclose(saved_labels.affine, AFFINE, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(saved_labels.dataobj), reference.labels)
+
+    # Compare levels: table, grid mode, overlay, exports.
+    compare = AttentionWidget(viewer)
+    viewer.window.add_dock_widget(compare)
+    compare.reset_choices()
+    compare._image.value = "phantom"
+    compare.update_table()
+    table = compare._table.value["data"]
+    assert [row[0] for row in table] == ["L1", "L2", "L3"]
+    assert all(0 <= row[2] <= 100 and 0 <= row[5] <= 1 for row in table)
+    assert "focuses most" in compare._verdict.value
+
+    compare._levels.value = [1, 3]
+    compare.show_side_by_side()
+    assert viewer.grid.enabled
+    assert viewer.layers["attention L1 (1/1)"].visible and not viewer.layers["attention L2 (1/2)"].visible
+    compare.show_overlay()
+    assert not viewer.grid.enabled and viewer.layers["phantom"].visible
+
+    written = compare.export_nifti(tmp_path)
+    assert [p.name for p in written] == ["level1.nii.gz", "level2.nii.gz", "level3.nii.gz"]
+    saved = nib.load(written[2])
+    np.testing.assert_allclose(saved.affine, reference.attention[3].geometry.affine(AFFINE), atol=1e-5)
+    png = compare.export_png(tmp_path / "montage.png")
+    from qtpy.QtGui import QImage
+
+    picture = QImage(str(png))
+    # The displayed plane is (A, S) = (45, 20) voxels: the scan then three levels, 2-pixel separators.
+    assert (picture.height(), picture.width()) == (45, 4 * 20 + 3 * 2)
+
+
+def test_rerun_replaces_own_layers_but_keeps_user_edits(make_napari_viewer, qtbot, phantom_path):
+    viewer = make_napari_viewer()
+    image = _open(viewer, phantom_path)
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget._image.value = image
+    _segment(widget, qtbot, model="phantom")
+    _segment(widget, qtbot, model="phantom")
+    assert len(viewer.layers) == 5  # no duplicates: its own layers were replaced
+
+    labels = viewer.layers["phantom segmentation"]
+    labels.paint((10, 10, 10), 2)  # the user paints: a napari paint event
+    edited = labels.data.copy()
+    _segment(widget, qtbot, model="phantom")
+    assert "phantom segmentation [1]" in viewer.layers  # the new result went to a new layer
+    np.testing.assert_array_equal(viewer.layers["phantom segmentation"].data, edited)
+    assert len(viewer.layers) == 6
+
+
+def test_current_slice_only_fills_that_slice_with_undo(make_napari_viewer, qtbot, phantom_path):
+    viewer = make_napari_viewer()
+    image = _open(viewer, phantom_path)
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget._image.value = image
+    viewer.dims.set_current_step(0, 19)  # display axis 0 = R; slices along the viewer's slider
+    _segment(widget, qtbot, model="phantom", scope="current slice")
+    labels = viewer.layers["phantom segmentation"].data
+    filled = [index for index in range(labels.shape[0]) if labels[index].any()]
+    assert filled == [int(np.round(image.world_to_data(viewer.dims.point)[0]))]
+    assert viewer.layers["attention L2 (1/2)"].data.shape[0] == 1
+
+
+def test_errors_are_notifications_not_crashes(make_napari_viewer, qtbot, phantom_path, monkeypatch):
+    from napari_aunet import _segment_widget as module
+
+    messages = []
+    monkeypatch.setattr(module, "show_warning", messages.append)
+    monkeypatch.setattr(module, "show_error", messages.append)
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.run()  # no image at all
+    assert "Open a scan first" in messages[-1]
+
+    viewer.add_image(np.zeros((3, 4, 8, 8), np.float32), name="series4d")
+    viewer.add_image(np.full((8, 8), np.nan, np.float32), name="nan image")
+    widget.reset_choices()
+    widget._image.value = viewer.layers["nan image"]
+    widget._model.value = "phantom"
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.running, timeout=30_000)
+    assert "NaN" in messages[-1]
+    assert len(viewer.layers) == 2  # nothing added, nothing lost
+
+    image = _open(viewer, phantom_path)
+    widget.reset_choices()
+    widget._image.value = image
+    widget._mode.value = "3d"
+    widget.run()
+    assert "model is 2D" in messages[-1]
+
+    widget._mode.value = "2d"
+    widget.run()
+    widget.run()  # a second press while the first runs
+    assert "already running" in messages[-1]
+    widget.cancel()
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+
+
+@pytest.mark.slow
+def test_demo_saves_a_screenshot_of_the_whole_window(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from qtpy.QtGui import QImage
+
+    aunet = Path(sys.executable).parent / "aunet"
+    out = tmp_path / "demo.png"
+    subprocess.run([str(aunet), "demo", "--screenshot", str(out)], check=True, timeout=300, capture_output=True)
+    picture = QImage(str(out))
+    assert picture.width() >= 1000 and picture.height() >= 700  # the whole window, docks included
