@@ -102,8 +102,8 @@ class AttentionWidget(Container):
             show_warning("Choose at least one level.")
             return
         self._show_only(run, chosen, keep_scan=False)
-        self._viewer.grid.enabled = True
-        self._viewer.grid.stride = 1
+        self._viewer.canvas.grid.enabled = True
+        self._viewer.canvas.grid.stride = 1
 
     def show_overlay(self) -> None:
         """Grid mode off: the selected levels over the scan (additive blending)."""
@@ -112,7 +112,7 @@ class AttentionWidget(Container):
             return
         chosen = self._selected_layers(run)
         self._show_only(run, chosen, keep_scan=True)
-        self._viewer.grid.enabled = False
+        self._viewer.canvas.grid.enabled = False
 
     def _show_only(self, run: SegmentationRun, chosen: list, keep_scan: bool) -> None:
         ours = {name for name in run.attention_layers.values() if name in self._viewer.layers}

@@ -105,10 +105,10 @@ def test_segment_then_compare_end_to_end(make_napari_viewer, qtbot, phantom_path
 
     compare._levels.value = [1, 3]
     compare.show_side_by_side()
-    assert viewer.grid.enabled
+    assert viewer.canvas.grid.enabled
     assert viewer.layers["attention L1 (1/1)"].visible and not viewer.layers["attention L2 (1/2)"].visible
     compare.show_overlay()
-    assert not viewer.grid.enabled and viewer.layers["phantom"].visible
+    assert not viewer.canvas.grid.enabled and viewer.layers["phantom"].visible
 
     written = compare.export_nifti(tmp_path)
     assert [p.name for p in written] == ["level1.nii.gz", "level2.nii.gz", "level3.nii.gz"]
