@@ -1,0 +1,116 @@
+"""Fine-tuning on a few corrected slices improves the untouched ones; cancel and partial labels behave."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_aunet.engine.bundled import load_model
+from napari_aunet.engine.checkpoint import load_checkpoint, save_checkpoint
+from napari_aunet.engine.finetune import FineTuneSettings, TrainingPair, annotated_slices, evaluate, fine_tune
+from napari_aunet.engine.phantoms import generate_phantom
+
+
+@pytest.fixture(scope="module")
+def inverted_phantom():
+    """A phantom with inverted contrast: the bundled phantom model has never seen one and does poorly."""
+    phantom = generate_phantom((24, 64, 64), seed=5, lesions=(3, 5))
+    return (-phantom.image).astype(np.float32), phantom.labels
+
+
+def _partial(labels: np.ndarray, slices: list[int]) -> np.ndarray:
+    partial = np.zeros_like(labels)
+    partial[slices] = labels[slices]
+    return partial
+
+
+def test_annotated_slices_are_painted_or_reviewed():
+    labels = np.zeros((5, 4, 4), np.uint8)
+    labels[1, 0, 0] = 2
+    labels[3] = 1
+    assert annotated_slices(labels, 0) == [1, 3]
+    assert annotated_slices(labels, 0, reviewed=(4,)) == [1, 3, 4]
+    assert annotated_slices(labels, 2) == [0, 1, 2, 3]
+
+
+def test_fine_tune_on_few_slices_improves_the_untouched_ones(inverted_phantom):
+    image, truth = inverted_phantom
+    given = [4, 10, 16, 20]
+    untouched = [s for s in range(image.shape[0]) if s not in given and truth[s].any()]
+    model = load_model("phantom").build_model()
+    before = evaluate(model, image, truth, untouched)
+    result = fine_tune(
+        model, [TrainingPair(image, _partial(truth, given), axis=0, name="inverted")],
+        FineTuneSettings(steps=60, learning_rate=3e-3, batch_size=8, val_fraction=0.25, seed=0),
+    )
+    after = evaluate(result.model, image, truth, untouched)
+    assert not result.cancelled and result.steps == 60
+    assert before["dice"]["organ"] < 0.6
+    assert after["dice"]["organ"] > before["dice"]["organ"] + 0.25
+    assert after["mean_dice"] > before["mean_dice"]
+    # Held-out annotated slices are reported before and after, and training never saw them.
+    held = result.val_slices["inverted"]
+    assert len(held) == 1 and held[0] in given and held[0] not in result.train_slices["inverted"]
+    assert result.after["dice"]["organ"] > result.before["dice"]["organ"]
+    # The original model is untouched.
+    original = load_model("phantom").build_model()
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(tensor, original.state_dict()[name], rtol=0, atol=0)
+
+
+def test_cancel_keeps_the_old_weights(inverted_phantom):
+    image, truth = inverted_phantom
+    model = load_model("phantom").build_model()
+    steps = []
+    result = fine_tune(
+        model, [TrainingPair(image, _partial(truth, [4, 10]), axis=0)], FineTuneSettings(steps=50),
+        progress=lambda step, total, loss, dice: steps.append(step), cancel=lambda: len(steps) >= 3,
+    )
+    assert result.cancelled and result.steps == 3 and result.model is model and result.after == {}
+
+
+def test_partial_labels_do_not_teach_background(inverted_phantom):
+    """Unlabelled slices are ignored; were they taught as background, the organ would vanish from them."""
+    image, truth = inverted_phantom
+    given = [4, 10, 16, 20]
+    untouched = [s for s in range(image.shape[0]) if s not in given and truth[s].any()]
+    settings = FineTuneSettings(steps=60, learning_rate=3e-3, val_fraction=0.0)
+    partial = fine_tune(load_model("phantom").build_model(), [TrainingPair(image, _partial(truth, given))], settings)
+    # The same labels, but every other slice "reviewed" as empty: background taught everywhere else.
+    everything_reviewed = TrainingPair(image, _partial(truth, given), reviewed=tuple(range(image.shape[0])))
+    as_background = fine_tune(load_model("phantom").build_model(), [everything_reviewed], settings)
+    with_ignore = evaluate(partial.model, image, truth, untouched)["dice"]["organ"]
+    taught_background = evaluate(as_background.model, image, truth, untouched)["dice"]["organ"]
+    assert with_ignore > 0.5
+    assert taught_background < with_ignore - 0.3
+
+
+def test_history_round_trips_through_the_checkpoint(tmp_path, inverted_phantom):
+    image, truth = inverted_phantom
+    settings = FineTuneSettings(steps=5, val_fraction=0.5)
+    result = fine_tune(load_model("phantom").build_model(), [TrainingPair(image, _partial(truth, [10, 12]))], settings)
+    path = save_checkpoint(tmp_path / "tuned.safetensors", result.model, history=result.history(settings),
+                           provenance={"images": ["inverted.nii.gz"], "slices": result.train_slices, "seed": 0})
+    loaded = load_checkpoint(path)
+    assert loaded.history["total_steps"] == 5 and len(loaded.history["loss"]) == 5
+    assert loaded.history["before"]["dice"].keys() == loaded.history["after"]["dice"].keys()
+    assert loaded.provenance["slices"] == {"0": result.train_slices["0"]}
+
+
+def test_bad_training_input_is_refused_plainly(inverted_phantom):
+    image, truth = inverted_phantom
+    model = load_model("phantom").build_model()
+    with pytest.raises(ValueError, match="no annotated slice"):
+        fine_tune(model, [TrainingPair(image, np.zeros_like(truth))], FineTuneSettings(steps=2))
+    with pytest.raises(ValueError, match="only 3 classes"):
+        fine_tune(model, [TrainingPair(image, np.full_like(truth, 7))], FineTuneSettings(steps=2))
+    with pytest.raises(ValueError, match="steps or a time budget"):
+        FineTuneSettings(steps=None, time_budget=None)
+
+
+def test_time_budget_stops_training():
+    phantom = generate_phantom((8, 32, 32), seed=1)
+    result = fine_tune(load_model("phantom").build_model(), [TrainingPair(phantom.image, phantom.labels)],
+                       FineTuneSettings(steps=None, time_budget=1.0, val_fraction=0.0))
+    assert 0 < result.steps and result.seconds < 10
