@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 EXIT_BAD_INPUT = 2
 
 
@@ -51,8 +53,6 @@ def _slicing_axis(axis: str, scan) -> int:
 
 
 def _spatial_volume(scan):
-    import numpy as np
-
     data = scan.data
     if data.ndim > scan.spatial_ndim:
         extra = data.shape[scan.spatial_ndim :]
@@ -160,6 +160,150 @@ def cmd_build_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_slices(text: str | None) -> tuple[int | None, list[int] | None]:
+    """``AXIS:LIST`` (e.g. ``2:10,20,30`` or ``2:10-14``) -> (axis, slices)."""
+    if not text:
+        return None, None
+    try:
+        axis_text, _, items = text.partition(":")
+        axis = int(axis_text)
+        slices: list[int] = []
+        for item in items.split(","):
+            if "-" in item:
+                first, last = (int(v) for v in item.split("-"))
+                slices.extend(range(first, last + 1))
+            elif item.strip():
+                slices.append(int(item))
+    except ValueError as error:
+        raise CommandError(f"--slices takes AXIS:LIST, e.g. 2:10,20,30-35; got {text!r}") from error
+    if not slices:
+        raise CommandError(f"--slices {text!r} names no slice")
+    return axis, slices
+
+
+def _pairs_from_files(images: list[str], labels: list[str], axis: str):
+    from .engine.finetune import TrainingPair
+    from .io import load_scan
+
+    if len(images) != len(labels):
+        raise CommandError(f"{len(images)} --image but {len(labels)} --labels: give one labels file per image")
+    pairs, scans = [], []
+    for image_path, labels_path in zip(images, labels, strict=True):
+        scan, label_scan = load_scan(image_path), load_scan(labels_path)
+        volume, label_volume = _spatial_volume(scan), _spatial_volume(label_scan)
+        if volume.shape != label_volume.shape:
+            raise CommandError(
+                f"'{labels_path}' has shape {label_volume.shape}, but '{image_path}' has {volume.shape}"
+            )
+        if not np.allclose(scan.affine, label_scan.affine, atol=1e-3):
+            print(f"aunet: warning: '{labels_path}' and '{image_path}' have different affines", file=sys.stderr)
+        label_volume = np.asarray(label_volume)
+        if label_volume.dtype.kind == "f":
+            label_volume = np.rint(label_volume)
+        if label_volume.min() < 0:
+            raise CommandError(f"'{labels_path}' holds negative labels")
+        slicing = _slicing_axis(axis, scan) if volume.ndim == 3 else 0
+        pairs.append(TrainingPair(np.asarray(volume), label_volume.astype(np.int64), axis=slicing,
+                                  name=Path(image_path).name))
+        scans.append(scan)
+    return pairs, scans
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .engine.bundled import load_model
+    from .engine.checkpoint import save_checkpoint
+    from .engine.config import ModelConfig
+    from .engine.finetune import FineTuneSettings, fine_tune
+    from .engine.model import AttentionUNet
+    from .engine.training import seed_everything
+
+    output = Path(args.output)
+    if not str(output).endswith(".safetensors"):
+        raise CommandError(f"output '{output}' must end with .safetensors")
+    if args.steps is None and args.time_budget is None:
+        args.steps = 200
+    pairs, scans = _pairs_from_files(args.image, args.labels, args.axis)
+    classes = int(max(int(p.labels.max()) for p in pairs)) + 1
+    seed_everything(args.seed)
+    if args.init == "none":
+        args.dims = args.dims or 2
+        widths = (16, 32, 64, 128) if args.dims == 2 else (8, 16, 32, 64)
+        gated = () if args.arch == "unet" else tuple(range(1, len(widths)))
+        config = ModelConfig(spatial_dims=args.dims, out_channels=max(classes, 2), widths=widths,
+                             gated_levels=gated, class_names=tuple(f"class {i}" for i in range(max(classes, 2))))
+        model = AttentionUNet(config)
+        learning_rate = args.lr or 3e-3
+    else:
+        checkpoint = load_model(args.init)
+        config = checkpoint.config
+        if args.dims is not None and args.dims != config.spatial_dims:
+            raise CommandError(f"--init model is {config.spatial_dims}D but --dims {args.dims} was asked for")
+        if args.arch == "unet" and config.gated_levels:
+            import dataclasses
+
+            config = dataclasses.replace(config, gated_levels=())
+        model = AttentionUNet(config)
+        model.load_state_dict(checkpoint.state_dict, strict=False)  # gate weights dropped for --arch unet
+        learning_rate = args.lr or 1e-3  # fine-tuning starts lower than training from scratch
+    if classes > config.out_channels:
+        raise CommandError(f"the labels hold {classes} classes, the model has {config.out_channels}")
+    settings = FineTuneSettings(steps=args.steps, time_budget=args.time_budget, learning_rate=learning_rate,
+                                val_fraction=args.val_fraction, seed=args.seed,
+                                freeze_batchnorm=args.init != "none")
+    report = _progress_printer("train", args.quiet)
+    result = fine_tune(model, pairs, settings, device=str(_device(args.device)),
+                       progress=(lambda step, total, loss, dice: report(step, total or step)) if report else None)
+    provenance = {
+        "init": args.init, "arch": args.arch, "seed": args.seed,
+        "images": [str(p) for p in args.image], "labels": [str(p) for p in args.labels],
+        "shapes": [list(p.image.shape) for p in pairs], "axes": [p.axis for p in pairs],
+        "annotated_slices": {p.name: p.annotated_slices() for p in pairs},
+        "train_slices": result.train_slices, "validation_slices": result.val_slices,
+    }
+    save_checkpoint(output, result.model, history=result.history(settings), provenance=provenance,
+                    model_card=f"Trained by `aunet train` from {args.init} on {len(pairs)} image(s).")
+    print(json.dumps(_json_safe({"output": str(output), "steps": result.steps, "seconds": round(result.seconds, 1),
+                                 "before": result.before, "after": result.after}), indent=2))
+    return 0
+
+
+def _json_safe(value):
+    """NaN (a score with nothing to score) becomes null, so the output is strict JSON."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+def _device(name: str):
+    from .engine.inference import resolve_device
+
+    return resolve_device(name)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .engine.bundled import load_model
+    from .engine.finetune import annotated_slices, evaluate
+
+    pairs, _ = _pairs_from_files([args.image], [args.labels], args.axis)
+    pair = pairs[0]
+    axis, slices = _parse_slices(args.slices)
+    if axis is not None:
+        if pair.image.ndim == 3 and not 0 <= axis < 3:
+            raise CommandError(f"--slices axis {axis} does not exist in a 3D image")
+        pair.axis = axis
+    else:
+        slices = annotated_slices(pair.labels, pair.axis)
+    model = load_model(args.model).build_model()
+    scores = evaluate(model, pair.image, pair.labels.astype(np.int64), slices, pair.axis, str(_device(args.device)))
+    scores["axis"] = pair.axis
+    print(json.dumps(_json_safe(scores), indent=2))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
@@ -212,6 +356,40 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.add_argument("--seed", type=int, default=0)
     phantom.add_argument("--uint8", action="store_true", help="store the image as uint8 (like many MRI files)")
     phantom.set_defaults(handler=cmd_phantom)
+
+    train = sub.add_parser(
+        "train", help="train or fine-tune a model on (partially) labelled scans",
+        description="Train on slices that hold labels (a slice with any non-zero label counts as annotated; "
+        "unlabelled slices are ignored, never taught as background). Part of the annotated slices is held out "
+        "and Dice/IoU on it is printed before and after, as JSON.")
+    train.add_argument("--image", action="append", required=True, help="a scan (repeat with --labels)")
+    train.add_argument("--labels", action="append", required=True, help="its label file, same grid")
+    train.add_argument("-o", "--output", required=True, help="checkpoint to write (.safetensors)")
+    train.add_argument("--init", default="default", help="start from a bundled model or checkpoint, or none")
+    train.add_argument("--arch", choices=("attention", "unet"), default="attention",
+                       help="unet = the same network with every gate off")
+    train.add_argument("--dims", type=int, choices=(2, 3), help="2D or 3D network (default: the init model's, or 2)")
+    train.add_argument("--steps", type=int, help="training steps (default 200)")
+    train.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop after this much training time")
+    train.add_argument("--lr", type=float, help="peak learning rate (default 1e-3 fine-tuning, 3e-3 from scratch)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--val-fraction", type=float, default=0.2, help="held-out share of annotated slices")
+    train.add_argument("--axis", default="auto", help="slicing axis in file order (auto = axial)")
+    train.add_argument("--device", default="auto")
+    train.add_argument("-q", "--quiet", action="store_true")
+    train.set_defaults(handler=cmd_train)
+
+    evaluate = sub.add_parser(
+        "evaluate", help="Dice and IoU of a model against labels, on annotated slices only",
+        description='Print JSON {"dice": {class: v}, "iou": {class: v}, "mean_dice": x} computed on the slices '
+        "that hold labels, or on --slices AXIS:LIST (e.g. 2:40,50,60-64).")
+    evaluate.add_argument("--model", default="default", help="bundled model name or checkpoint path")
+    evaluate.add_argument("--image", required=True)
+    evaluate.add_argument("--labels", required=True)
+    evaluate.add_argument("--slices", metavar="AXIS:LIST", help="evaluate on these slices only")
+    evaluate.add_argument("--axis", default="auto", help="slicing axis when --slices is not given")
+    evaluate.add_argument("--device", default="auto")
+    evaluate.set_defaults(handler=cmd_evaluate)
 
     demo = sub.add_parser("demo", help="open napari with a sample scan, its segmentation and attention layers")
     demo.add_argument("--screenshot", metavar="PNG", help="save a screenshot of the whole window and exit")
