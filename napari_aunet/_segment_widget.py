@@ -125,6 +125,7 @@ class SegmentWidget(Container):
         self._run.clicked.connect(self.run)
         self._cancel.clicked.connect(self.cancel)
         self._on_model_changed(self._model.value)
+        self._state.model_listeners.append(self.select_model)
 
     # ----- models -------------------------------------------------------------------------------
     def _model_choices(self, widget=None) -> list[str]:

@@ -44,6 +44,48 @@ class AunetState:
     edited_labels: set[int] = field(default_factory=set)
     # user models (fine-tuned or loaded), by display name; bundled models are loaded on demand
     models: dict[str, Checkpoint] = field(default_factory=dict)
+    # per Labels layer id: display axis -> slice indices the user painted/erased on, or marked reviewed
+    painted: dict[int, dict[int, set[int]]] = field(default_factory=dict)
+    reviewed: dict[int, dict[int, set[int]]] = field(default_factory=dict)
+    # called with a model name when a widget makes it the one to segment with
+    model_listeners: list = field(default_factory=list)
+
+    def use_model(self, name: str, checkpoint: Checkpoint | None = None) -> None:
+        """Register ``checkpoint`` under ``name`` (when given) and tell the widgets to select it."""
+        if checkpoint is not None:
+            self.models[name] = checkpoint
+        for listener in list(self.model_listeners):
+            listener(name)
+
+    def track_painting(self, layer) -> None:
+        """Record the slices the user paints or erases on in ``layer`` (napari's Labels paint event)."""
+        layer_id = id(layer)
+        if layer_id in self.painted:
+            return
+        self.painted[layer_id] = {}
+
+        def record(event) -> None:
+            touched = self.painted[layer_id]
+            for atom in event.value or ():
+                indices = atom[0]  # per axis: index array, or a slice (a bounding box)
+                for axis, values in enumerate(indices):
+                    if isinstance(values, slice):
+                        stop = values.stop if values.stop is not None else layer.data.shape[axis]
+                        found = range(values.start or 0, stop)
+                    else:
+                        found = np.unique(np.asarray(values)).tolist()
+                    touched.setdefault(axis, set()).update(int(v) for v in found)
+
+        layer.events.paint.connect(record)
+
+    def annotated_slices(self, layer, display_axis: int) -> list[int]:
+        """Slices along ``display_axis`` the user painted on or marked reviewed (display indices)."""
+        painted = self.painted.get(id(layer), {}).get(display_axis, set())
+        reviewed = self.reviewed.get(id(layer), {}).get(display_axis, set())
+        return sorted(painted | reviewed)
+
+    def mark_reviewed(self, layer, display_axis: int, index: int) -> None:
+        self.reviewed.setdefault(id(layer), {}).setdefault(display_axis, set()).add(int(index))
 
     def watch_labels(self, layer) -> None:
         """Remember ``layer`` as ours and mark it edited as soon as the user paints, erases or fills."""

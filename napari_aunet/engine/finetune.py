@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -248,6 +248,29 @@ def fine_tune(
     ``progress(step, total_steps or None, loss, running_dice)`` after each step. On cancel the result's
     ``model`` is the original one (the old weights are kept) and ``cancelled`` is True.
     """
+    steps = iter_fine_tune(model, pairs, settings, device=device, cancel=cancel)
+    try:
+        while True:
+            update = next(steps)
+            if progress is not None:
+                progress(*update)
+    except StopIteration as finished:
+        return finished.value
+
+
+def iter_fine_tune(
+    model: AttentionUNet,
+    pairs: Sequence[TrainingPair],
+    settings: FineTuneSettings,
+    *,
+    device: str = "cpu",
+    cancel: CancelFlag = None,
+) -> Generator[tuple[int, int | None, float, float], None, FineTuneResult]:
+    """Generator form of :func:`fine_tune`: yields ``(step, total, loss, dice)`` after each step.
+
+    Closing the generator (a GUI worker's cancel) stops training; ``model`` is never modified, so the old
+    weights are kept whatever happens.
+    """
     pairs = list(pairs)
     for pair in pairs:
         check_volume(np.asarray(pair.image))
@@ -313,8 +336,7 @@ def fine_tune(
         result.logged_steps.append(step)
         result.loss.append(round(running_loss, 5))
         result.dice.append(round(running_dice if running_dice is not None else float("nan"), 4))
-        if progress is not None:
-            progress(step, settings.steps, running_loss, running_dice if running_dice is not None else float("nan"))
+        yield step, settings.steps, running_loss, running_dice if running_dice is not None else float("nan")
     result.steps, result.seconds = step, time.perf_counter() - started
     result.train_slices = {pairs[i].name or str(i): v for i, v in train_slices.items()}
     result.val_slices = {pairs[i].name or str(i): v for i, v in val_slices.items()}

@@ -1,0 +1,350 @@
+"""Fine-tune widget: correct labels with napari's brush, train on the corrected slices, compare, keep or revert.
+
+A slice counts as annotated when the user painted or erased on it (the Labels layer's paint events) or
+marked it reviewed — not because Segment filled it, so the model never retrains on its own output.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    PushButton,
+    SpinBox,
+    Table,
+    create_widget,
+)
+from napari.layers import Image, Labels
+from napari.qt.threading import thread_worker
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QPointF, Qt
+from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
+from qtpy.QtWidgets import QWidget
+
+from ._orientation import file_order
+from ._segment_widget import PLANES, VIEW_PLANE, image_source
+from ._state import state_for
+from .engine.bundled import BUNDLED_MODELS, load_model
+from .engine.checkpoint import CheckpointError, save_checkpoint
+from .engine.finetune import FineTuneSettings, TrainingPair, iter_fine_tune
+
+
+class CurvePlot(QWidget):
+    """A small live plot of the loss (orange) and the running Dice (blue) against steps; no extra dependency."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setMinimumHeight(110)
+        self.loss: list[float] = []
+        self.dice: list[float] = []
+
+    def add(self, loss: float, dice: float) -> None:
+        self.loss.append(loss)
+        self.dice.append(dice)
+        self.update()
+
+    def clear(self) -> None:
+        self.loss, self.dice = [], []
+        self.update()
+
+    def paintEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        painter = QPainter(self)
+        painter.setRenderHint(QPainter.Antialiasing)
+        width, height = self.width(), self.height()
+        painter.fillRect(0, 0, width, height, QColor(38, 41, 48))
+        painter.setPen(QColor(200, 200, 200))
+        painter.drawText(6, 14, "loss")
+        painter.setPen(QColor(90, 160, 255))
+        painter.drawText(46, 14, "Dice")
+        for values, colour in ((self.loss, QColor(255, 150, 60)), (self.dice, QColor(90, 160, 255))):
+            finite = [v for v in values if not math.isnan(v)]
+            if len(finite) < 2:
+                continue
+            top = max(max(finite), 1.0)
+            points = [
+                QPointF(4 + (width - 8) * i / (len(values) - 1), height - 4 - (height - 22) * v / top)
+                for i, v in enumerate(values) if not math.isnan(v)
+            ]
+            painter.setPen(QPen(colour, 1.5, Qt.SolidLine))
+            painter.drawPolyline(QPolygonF(points))
+        painter.end()
+
+
+@thread_worker(ignore_errors=True)
+def _fine_tune_in_worker(model, pairs, settings):
+    result = yield from iter_fine_tune(model, pairs, settings, device=str(_training_device()))
+    return result
+
+
+def _training_device():
+    from .engine.inference import resolve_device
+
+    return resolve_device("auto")
+
+
+class FineTuneWidget(Container):
+    """Train the current model on the corrected slices of a Labels layer."""
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__(labels=True)
+        self._viewer = napari_viewer
+        self._state = state_for(napari_viewer)
+        self._worker = None
+        self._progress = None
+        self._previous_model: str | None = None
+        self._result = None
+        self._image = create_widget(label="image", annotation=Image)
+        self._labels = create_widget(label="corrected labels", annotation=Labels)
+        self._model = ComboBox(label="start from", choices=self._model_choices)
+        self._plane = ComboBox(label="slices", choices=[VIEW_PLANE, *PLANES], value=VIEW_PLANE)
+        self._only_annotated = CheckBox(
+            text="only slices I painted or marked reviewed", value=True,
+            tooltip="Off: every slice holding any label counts (including what Segment filled in).",
+        )
+        self._review = PushButton(text="Mark current slice reviewed")
+        self._annotated = Label(label="annotated")
+        self._steps = SpinBox(label="steps", value=100, min=1, max=100_000)
+        self._budget = SpinBox(label="time budget (s, 0 = none)", value=60, min=0, max=36_000)
+        self._learning_rate = FloatSpinBox(label="learning rate", value=1e-3, min=1e-6, max=1.0, step=1e-4)
+        self._val_fraction = FloatSpinBox(label="validation fraction", value=0.2, min=0.0, max=0.9, step=0.05)
+        self._run = PushButton(text="Fine-tune")
+        self._cancel = PushButton(text="Cancel", enabled=False)
+        self._plot = CurvePlot()
+        self._table = Table(value=_scores_table({}, {}))
+        self._table.native.setMinimumHeight(100)
+        self._use = PushButton(text="Use the new model", enabled=False)
+        self._revert = PushButton(text="Revert to the previous model", enabled=False)
+        self._save_path = FileEdit(label="save as", mode="w", filter="*.safetensors")
+        self._save = PushButton(text="Save model", enabled=False)
+        self._status = Label(label="status")
+        self._status.native.setWordWrap(True)
+        self.extend([
+            self._image, self._labels, self._model, self._plane, self._only_annotated, self._review,
+            self._annotated, self._steps, self._budget, self._learning_rate, self._val_fraction, self._run,
+            self._cancel,
+        ])
+        self.native.layout().addWidget(self._plot)
+        self.extend([self._table, self._use, self._revert, self._save_path, self._save, self._status])
+        self._labels.changed.connect(self._on_labels_changed)
+        self._review.clicked.connect(self.mark_reviewed)
+        self._run.clicked.connect(self.run)
+        self._cancel.clicked.connect(self.cancel)
+        self._use.clicked.connect(self.use_new_model)
+        self._revert.clicked.connect(self.revert)
+        self._save.clicked.connect(lambda: self.save_model())
+        self._on_labels_changed(self._labels.value)
+
+    # ----- annotated slices -------------------------------------------------------------------
+    def _model_choices(self, widget=None) -> list[str]:
+        return ["default", *BUNDLED_MODELS, *self._state.models]
+
+    def _on_labels_changed(self, layer=None) -> None:
+        if layer is not None:
+            self._state.track_painting(layer)
+        self._show_annotated()
+
+    def _display_axis(self, layer) -> int:
+        if layer.ndim == 2:
+            return 0
+        plane = self._plane.value
+        if plane != VIEW_PLANE:
+            return PLANES[plane]
+        offset = self._viewer.dims.ndim - layer.ndim
+        sliced = [axis - offset for axis in self._viewer.dims.not_displayed if axis >= offset]
+        return sliced[-1] if sliced else 0
+
+    def annotated_display_slices(self) -> list[int]:
+        layer = self._labels.value
+        if layer is None:
+            return []
+        axis = self._display_axis(layer)
+        if self._only_annotated.value:
+            return self._state.annotated_slices(layer, axis)
+        data = np.asarray(layer.data)
+        if data.ndim == 2:
+            return [0] if data.any() else []
+        other = tuple(a for a in range(data.ndim) if a != axis)
+        return [int(i) for i in np.flatnonzero(np.any(data != 0, axis=other))]
+
+    def _show_annotated(self) -> None:
+        slices = self.annotated_display_slices()
+        shown = ", ".join(str(s) for s in slices[:12]) + (" …" if len(slices) > 12 else "")
+        self._annotated.value = f"{len(slices)} slice(s): {shown}" if slices else "none yet: paint or mark reviewed"
+
+    def mark_reviewed(self) -> None:
+        layer = self._labels.value
+        if layer is None:
+            show_warning("Choose the labels layer you corrected first.")
+            return
+        axis = self._display_axis(layer)
+        index = int(round(layer.world_to_data(self._viewer.dims.point)[axis])) if layer.ndim > 2 else 0
+        self._state.mark_reviewed(layer, axis, index)
+        self._show_annotated()
+
+    # ----- training ---------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._worker is not None
+
+    def run(self) -> None:
+        if self.running:
+            show_warning("Fine-tuning is already running: wait for it or press Cancel.")
+            return
+        image, labels = self._image.value, self._labels.value
+        if image is None or labels is None:
+            show_warning("Choose the image and the labels layer you corrected.")
+            return
+        try:
+            model_name = self._model.value
+            checkpoint = self._state.models.get(model_name) or load_model(model_name)
+            pair = self._training_pair(image, labels)
+            settings = FineTuneSettings(
+                steps=self._steps.value, time_budget=float(self._budget.value) or None,
+                learning_rate=float(self._learning_rate.value), val_fraction=float(self._val_fraction.value),
+            )
+        except (ValueError, CheckpointError) as error:
+            show_error(f"Cannot fine-tune: {error}")
+            return
+        self._previous_model = model_name
+        self._plot.clear()
+        self._progress = progress(total=settings.steps, desc="Fine-tuning")
+        worker = _fine_tune_in_worker(checkpoint.build_model(), [pair], settings)
+        worker.yielded.connect(self._on_step)
+        worker.returned.connect(lambda result: self._on_done(result, settings, checkpoint, pair))
+        worker.errored.connect(self._on_error)
+        worker.aborted.connect(lambda: self._set_status("cancelled: the model is unchanged"))
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        self._run.enabled, self._cancel.enabled = False, True
+        self._set_status(f"fine-tuning on {len(pair.reviewed)} slice(s)…")
+        worker.start()
+
+    def _training_pair(self, image, labels) -> TrainingPair:
+        source = image_source(image, self._viewer)
+        label_data = file_order(np.asarray(labels.data), labels.metadata)
+        if label_data.shape != source.volume.shape:
+            raise ValueError(f"labels shape {label_data.shape} does not match the image's {source.volume.shape}")
+        display_axis = self._display_axis(labels)
+        slices = self.annotated_display_slices()
+        if not slices:
+            raise ValueError("no annotated slice: paint corrections or mark slices reviewed first")
+        if source.volume.ndim == 2:
+            annotated, file_axis = [0], 0
+        else:
+            file_axis = source.file_axis(display_axis)
+            annotated = [source.file_index(display_axis, s) for s in slices]
+        # Only the annotated slices carry targets; every other slice is blanked so nothing else is taught.
+        partial = np.zeros(label_data.shape, np.int64)
+        if source.volume.ndim == 2:
+            partial[...] = label_data
+        else:
+            region = [slice(None)] * label_data.ndim
+            for index in annotated:
+                region[file_axis] = index
+                partial[tuple(region)] = label_data[tuple(region)]
+        return TrainingPair(np.asarray(source.volume), partial, axis=file_axis, reviewed=tuple(annotated),
+                            name=image.name)
+
+    def cancel(self) -> None:
+        if self._worker is not None:
+            self._worker.quit()
+            self._set_status("cancelling…")
+
+    def _on_step(self, update) -> None:
+        step, total, loss, dice = update
+        self._plot.add(loss, dice)
+        if self._progress is not None:
+            self._progress.n = step if total else 0
+            self._progress.refresh()
+
+    def _on_error(self, error) -> None:
+        message = " ".join(str(error).split()) or type(error).__name__
+        self._set_status(f"failed: {message}")
+        show_error(f"Fine-tuning failed: {message}")
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+        self._run.enabled, self._cancel.enabled = True, False
+
+    def _on_done(self, result, settings, checkpoint, pair) -> None:
+        from .engine.checkpoint import Checkpoint
+
+        self._table.value = _scores_table(result.before, result.after)
+        history = result.history(settings)
+        provenance = {"image": pair.name, "shape": list(pair.image.shape), "axis": pair.axis,
+                      "annotated_slices": list(pair.reviewed), "train_slices": result.train_slices,
+                      "validation_slices": result.val_slices, "seed": settings.seed, "init": self._previous_model}
+        self._result = Checkpoint(config=checkpoint.config, state_dict=result.model.state_dict(), history=history,
+                                  provenance=provenance, model_card=f"Fine-tuned from {self._previous_model}.")
+        self._result_model = result.model
+        self._use.enabled = self._save.enabled = True
+        before, after = result.before.get("mean_dice"), result.after.get("mean_dice")
+        change = f"held-out mean Dice {before:.3f} → {after:.3f}" if before is not None and after is not None else \
+            "no held-out slice (validation fraction 0 or too few slices)"
+        self._set_status(f"{result.steps} steps in {result.seconds:.0f} s; {change}")
+
+    # ----- keep, save, revert ----------------------------------------------------------------
+    def use_new_model(self) -> str | None:
+        if self._result is None:
+            return None
+        name = f"fine-tuned {datetime.now():%H:%M:%S}"
+        self._state.use_model(name, self._result)
+        self._model.reset_choices()
+        self._revert.enabled = True
+        show_info(f"'{name}' is now the model in the Segment widget.")
+        return name
+
+    def revert(self) -> None:
+        if self._previous_model is not None:
+            self._state.use_model(self._previous_model)
+            show_info(f"Back to '{self._previous_model}'.")
+
+    def save_model(self, path=None):
+        if self._result is None:
+            show_warning("Fine-tune first.")
+            return None
+        path = path or self._save_path.value
+        if not path or str(path) in ("", "."):
+            show_warning("Choose where to save the model.")
+            return None
+        path = str(path) if str(path).endswith(".safetensors") else f"{path}.safetensors"
+        try:
+            save_checkpoint(path, self._result_model, self._result.config, history=self._result.history,
+                            provenance=self._result.provenance, model_card=self._result.model_card)
+        except (OSError, CheckpointError) as error:
+            show_error(f"Cannot save the model: {error}")
+            return None
+        show_info(f"Saved {path}")
+        return path
+
+    def _set_status(self, text: str) -> None:
+        self._status.value = text
+
+
+def _scores_table(before: dict, after: dict) -> dict:
+    names = sorted(set(before.get("dice", {})) | set(after.get("dice", {})))
+    rows = []
+    for name in names:
+        rows.append([
+            name,
+            _fmt(before.get("dice", {}).get(name)), _fmt(after.get("dice", {}).get(name)),
+            _fmt(before.get("iou", {}).get(name)), _fmt(after.get("iou", {}).get(name)),
+        ])
+    columns = ["class", "Dice before", "Dice after", "IoU before", "IoU after"]
+    return {"data": rows, "index": [str(i + 1) for i in range(len(rows))], "columns": columns}
+
+
+def _fmt(value) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"

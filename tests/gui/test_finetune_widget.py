@@ -1,0 +1,81 @@
+"""Fine-tune widget end to end: paint corrections, train, compare, use the new model, save, revert."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from napari_aunet._finetune_widget import FineTuneWidget
+from napari_aunet._segment_widget import SegmentWidget
+from napari_aunet.engine.checkpoint import load_checkpoint
+from napari_aunet.engine.phantoms import generate_phantom
+
+pytestmark = pytest.mark.gui
+
+
+def test_correct_then_fine_tune_end_to_end(make_napari_viewer, qtbot, tmp_path):
+    phantom = generate_phantom((16, 48, 48), seed=5, lesions=(2, 3))
+    path = tmp_path / "inverted.nii.gz"
+    nib.save(nib.Nifti1Image((-phantom.image).astype(np.float32), np.eye(4)), path)
+    viewer = make_napari_viewer()
+    (image,) = viewer.open(str(path), plugin="napari-aunet")
+    segment = SegmentWidget(viewer)
+    tune = FineTuneWidget(viewer)
+    viewer.window.add_dock_widget(segment)
+    viewer.window.add_dock_widget(tune)
+    segment._image.value = image
+    segment._model.value = "phantom"
+    segment.run()
+    qtbot.waitUntil(lambda: not segment.running, timeout=60_000)
+    labels = viewer.layers["inverted segmentation"]
+
+    tune.reset_choices()
+    tune._image.value, tune._labels.value, tune._model.value = image, labels, "phantom"
+    tune._plane.value = "sagittal"  # display axis 0 (R) = file axis 0 here
+    assert tune.annotated_display_slices() == []  # Segment's output is not an annotation
+    # The user corrects slices 5 and 9 with the brush (napari's paint path), marks 7 reviewed.
+    for index in (5, 9):
+        mask = phantom.labels[index]
+        for value in (0, 1, 2):
+            coords = np.argwhere(mask == value)
+            labels.data_setitem((np.full(len(coords), index), coords[:, 0], coords[:, 1]), value)
+        labels.paint((index, 0, 0), int(mask[0, 0]))  # a real brush stroke emits the paint event
+    viewer.dims.set_point(0, 7)
+    tune.mark_reviewed()
+    assert tune.annotated_display_slices() == [5, 7, 9]
+
+    tune._steps.value, tune._budget.value, tune._val_fraction.value = 25, 0, 0.34
+    tune._learning_rate.value = 3e-3
+    tune.run()
+    qtbot.waitUntil(lambda: not tune.running, timeout=120_000)
+    assert len(tune._plot.loss) == 25
+    table = tune._table.value["data"]
+    assert "organ" in [row[0] for row in table] and all(row[2] != "–" for row in table)
+
+    name = tune.use_new_model()
+    assert segment._model.value == name  # the segment widget picked it up, no restart
+    saved = tune.save_model(tmp_path / "tuned.safetensors")
+    checkpoint = load_checkpoint(saved)
+    assert checkpoint.provenance["annotated_slices"] == [5, 7, 9]
+    assert len(checkpoint.history["loss"]) == 25
+    tune.revert()
+    assert segment._model.value == "phantom"
+
+
+def test_fine_tune_without_annotations_is_a_notification(make_napari_viewer, monkeypatch):
+    from napari_aunet import _finetune_widget as module
+
+    messages = []
+    monkeypatch.setattr(module, "show_warning", messages.append)
+    monkeypatch.setattr(module, "show_error", messages.append)
+    viewer = make_napari_viewer()
+    tune = FineTuneWidget(viewer)
+    viewer.window.add_dock_widget(tune)
+    tune.run()
+    assert "Choose the image" in messages[-1]
+    viewer.add_image(np.zeros((4, 16, 16), np.float32), name="scan")
+    viewer.add_labels(np.zeros((4, 16, 16), np.uint8), name="labels")
+    tune.reset_choices()
+    tune.run()
+    assert "no annotated slice" in messages[-1]
