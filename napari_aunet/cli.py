@@ -304,6 +304,41 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_point(text: str, ndim: int) -> tuple[int, ...]:
+    try:
+        point = tuple(int(v) for v in text.split(","))
+    except ValueError as error:
+        raise CommandError(f"a point is {ndim} comma-separated voxel indices, e.g. 90,120,60; got {text!r}") from error
+    if len(point) != ndim:
+        raise CommandError(f"point {text!r} has {len(point)} indices; the scan has {ndim} axes")
+    return point
+
+
+def cmd_click(args: argparse.Namespace) -> int:
+    from .engine.bundled import load_model
+    from .engine.clicks import Click, segment_clicks
+    from .engine.inference import Segmenter
+    from .io import load_scan, save_labels
+
+    output = Path(args.output)
+    if not any(str(output).endswith(s) for s in (".nii", ".nii.gz")):
+        raise CommandError(f"output '{output}' must end with .nii or .nii.gz")
+    scan = load_scan(args.input)
+    volume = _spatial_volume(scan)
+    clicks = [Click(_parse_point(p, volume.ndim), True) for p in args.point]
+    clicks += [Click(_parse_point(p, volume.ndim), False) for p in args.negative or []]
+    segmenter = Segmenter(load_model(args.model), device=args.device)
+    axis = _slicing_axis(args.axis, scan) if volume.ndim == 3 else 0
+    started = time.perf_counter()
+    mask = segment_clicks(segmenter, volume, clicks, axis=axis, three_d=args.mode == "3d")
+    save_labels(output, mask.astype(np.uint8) * args.label, reference=scan)
+    if not args.quiet:
+        print(f"{int(mask.sum())} voxels in the object ({len(clicks)} clicks, axis {axis}, {args.mode}) "
+              f"in {time.perf_counter() - started:.2f} s", file=sys.stderr)
+        print(output)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
@@ -390,6 +425,25 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--axis", default="auto", help="slicing axis when --slices is not given")
     evaluate.add_argument("--device", default="auto")
     evaluate.set_defaults(handler=cmd_evaluate)
+
+    click = sub.add_parser(
+        "click", help="segment one object from positive/negative clicks",
+        description="Segment the object under the positive clicks (voxel indices in the file's own array order, "
+        "as nibabel loads it: the order `aunet segment` writes). Positive clicks add the predicted region "
+        "connected to them, negative clicks remove the part of the object connected to them, in the order "
+        "given (positives first). Writes a label volume with IN's shape and affine.")
+    click.add_argument("input", metavar="IN")
+    click.add_argument("--point", action="append", required=True, metavar="I,J,K", help="a positive click")
+    click.add_argument("--negative", action="append", metavar="I,J,K", help="a negative click")
+    click.add_argument("-o", "--output", required=True, metavar="OUT")
+    click.add_argument("--model", default="default")
+    click.add_argument("--mode", choices=("2d", "3d"), default="2d",
+                       help="2d: the clicked slice only; 3d: propagate through neighbouring slices")
+    click.add_argument("--axis", default="auto", help="slicing axis in file order (auto = axial)")
+    click.add_argument("--label", type=int, default=1, help="label value of the object (default 1)")
+    click.add_argument("--device", default="auto")
+    click.add_argument("-q", "--quiet", action="store_true")
+    click.set_defaults(handler=cmd_click)
 
     demo = sub.add_parser("demo", help="open napari with a sample scan, its segmentation and attention layers")
     demo.add_argument("--screenshot", metavar="PNG", help="save a screenshot of the whole window and exit")

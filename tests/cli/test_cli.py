@@ -139,3 +139,30 @@ def test_console_script_help_is_useful():
     segment_help = subprocess.run([aunet, "segment", "--help"], capture_output=True, text=True).stdout
     for option in ("--model", "--device", "--mode", "--axis", "--attention-dir"):
         assert option in segment_help
+
+
+def test_click_writes_the_object_under_the_clicks(tmp_path, capsys):
+    from napari_aunet.engine.phantoms import generate_phantom
+
+    phantom = generate_phantom((80, 96, 12), seed=3, lesions=(2, 3))
+    affine = np.diag([1.0, 1.0, 2.5, 1.0])
+    path = tmp_path / "p.nii.gz"
+    nib.save(nib.Nifti1Image(phantom.image, affine), path)
+    organ = phantom.labels[..., 6] > 0
+    i, j = (int(v) for v in np.argwhere(organ).mean(axis=0))
+    out = tmp_path / "object.nii.gz"
+    assert main(["click", str(path), "--point", f"{i},{j},6", "-o", str(out), "--model", "phantom", "-q"]) == 0
+    saved = nib.load(out)
+    np.testing.assert_allclose(saved.affine, affine)
+    mask = np.asarray(saved.dataobj)
+    assert set(np.unique(mask)) == {0, 1}
+    assert (mask[..., 6] > 0).sum() > 0.9 * organ.sum() and not mask[..., 5].any()  # axial: axis 2 here
+
+    assert main(["click", str(path), "--point", f"{i},{j},6", "--negative", f"{i},{j},6", "-o", str(out),
+                 "--model", "phantom", "-q"]) == 0
+    assert not np.asarray(nib.load(out).dataobj).any()
+
+    assert main(["click", str(path), "--point", "1,2", "-o", str(out), "--model", "phantom"]) == 2
+    assert "has 2 indices" in capsys.readouterr().err
+    assert main(["click", str(path), "--point", "500,2,3", "-o", str(out), "--model", "phantom"]) == 2
+    assert "outside the volume" in capsys.readouterr().err

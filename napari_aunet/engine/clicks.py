@@ -1,0 +1,226 @@
+"""Click to segment (v1): the current model on a region around the click, the connected part under it.
+
+A positive click runs the model on a window of the click's slice (cached per slice and window), takes the
+predicted foreground (any non-background class) and adds the connected component that holds the click to
+the current object; a negative click removes the connected part of the object under it. In 3D the object
+is propagated slice by slice from the clicked slice while it stays connected and non-empty.
+All indices are voxel indices in the file's own array order.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .inference import Segmenter
+from .intensity import check_volume, normalize
+
+
+@dataclass(frozen=True)
+class Click:
+    point: tuple[int, ...]  # voxel index, file order
+    positive: bool = True
+
+
+@dataclass
+class ClickUpdate:
+    """What one click changed: the object's new mask inside ``region`` (a tuple of slices)."""
+
+    region: tuple[slice, ...]
+    mask: np.ndarray  # bool, the object's mask inside region after the click
+    seconds: float
+
+
+def _dilate(region: np.ndarray) -> np.ndarray:
+    """3x3(x3) box dilation of a bool array (8/26-connectivity), by shifted ORs along each axis."""
+    out = region
+    for axis in range(region.ndim):
+        grown = out.copy()
+        lower = [slice(None)] * region.ndim
+        upper = [slice(None)] * region.ndim
+        lower[axis], upper[axis] = slice(1, None), slice(None, -1)
+        grown[tuple(lower)] |= out[tuple(upper)]
+        grown[tuple(upper)] |= out[tuple(lower)]
+        out = grown
+    return out
+
+
+def flood_fill(mask: np.ndarray, seed: tuple[int, ...] | np.ndarray) -> np.ndarray:
+    """The connected components of ``mask`` (8/26-connected) holding ``seed``: a voxel index, or a bool
+    array of seed voxels (every component touching one is kept). Empty when no seed lies inside ``mask``."""
+    mask = np.asarray(mask, dtype=bool)
+    if isinstance(seed, np.ndarray) and seed.dtype == bool:
+        region = seed & mask
+    else:
+        region = np.zeros(mask.shape, bool)
+        region[tuple(seed)] = mask[tuple(seed)]
+    if not region.any():
+        return region
+    count = -1
+    while True:
+        for _ in range(8):
+            region = _dilate(region) & mask
+        total = int(np.count_nonzero(region))
+        if total == count:
+            return region
+        count = total
+
+
+class ClickSegmenter:
+    """Interactive segmentation of one volume; keeps normalised data and per-slice predictions cached."""
+
+    def __init__(self, segmenter: Segmenter, volume: np.ndarray, *, window: int = 128, depth: int = 24) -> None:
+        volume = np.asarray(volume)
+        check_volume(volume)
+        if segmenter.config.spatial_dims != 2:
+            raise ValueError("click segmentation needs a 2D model (it works slice by slice)")
+        self.segmenter = segmenter
+        self.volume = normalize(volume, segmenter.config.normalization)
+        self.window = int(window)
+        self.depth = int(depth)
+        self.prefetch_slices = 8  # 3D: neighbouring slices predicted per batch while propagating
+        self._cache: dict[tuple, np.ndarray] = {}
+
+    # ----- model outputs ------------------------------------------------------------------------
+    def _window(self, plane_shape: tuple[int, int], centre: tuple[int, int]) -> tuple[slice, slice]:
+        """A window of at most ``window`` pixels a side around ``centre``, on a fixed grid so it can be reused."""
+        spans = []
+        for length, c in zip(plane_shape, centre, strict=True):
+            size = min(self.window, length)
+            step = max(size // 2, 1)
+            start = int(np.clip((c - size // 2 + step // 2) // step * step, 0, length - size))
+            if not start <= c < start + size:
+                start = int(np.clip(c - size // 2, 0, length - size))
+            spans.append(slice(start, start + size))
+        return spans[0], spans[1]
+
+    def foreground(self, axis: int, index: int, window: tuple[slice, slice]) -> np.ndarray:
+        """P(not background) on ``window`` of slice ``index`` along ``axis`` (cached)."""
+        key = (axis, index, window[0].start, window[0].stop, window[1].start, window[1].stop)
+        cached = self._cache.get(key)
+        if cached is None:
+            probabilities, _ = self.segmenter._run(np.ascontiguousarray(self._window_of(axis, index, window))[None, None])
+            cached = self._cache[key] = 1.0 - probabilities[0, 0]
+        return cached
+
+    def _window_of(self, axis: int, index: int, window: tuple[slice, slice]) -> np.ndarray:
+        """The normalised pixels of ``window`` on slice ``index`` along ``axis`` (no whole-plane copy)."""
+        if self.volume.ndim == 2:
+            return self.volume[window]
+        region: list = list(window)
+        region.insert(axis, index)
+        return self.volume[tuple(region)]
+
+    def prefetch(self, axis: int, indices: list[int], window: tuple[slice, slice]) -> None:
+        """Run the model on the uncached slices among ``indices`` in one batch (faster than one by one)."""
+        missing = [i for i in indices if (axis, i, window[0].start, window[0].stop, window[1].start,
+                                          window[1].stop) not in self._cache]
+        if not missing:
+            return
+        planes = np.stack([self._window_of(axis, i, window) for i in missing])[:, None]
+        probabilities, _ = self.segmenter._run(np.ascontiguousarray(planes))
+        for i, probability in zip(missing, probabilities, strict=True):
+            key = (axis, i, window[0].start, window[0].stop, window[1].start, window[1].stop)
+            self._cache[key] = 1.0 - probability[0]
+
+    # ----- clicks -------------------------------------------------------------------------------
+    def _plane(self, point: tuple[int, ...], axis: int) -> tuple[int, tuple[int, int]]:
+        if self.volume.ndim == 2:
+            return 0, (point[0], point[1])
+        in_plane = tuple(p for a, p in enumerate(point) if a != axis)
+        return point[axis], (in_plane[0], in_plane[1])
+
+    def _component_on_plane(self, point: tuple[int, ...], axis: int) -> tuple[int, tuple[slice, slice], np.ndarray]:
+        """(slice index, in-plane window, 2D bool mask in the window) of the predicted object under ``point``."""
+        index, centre = self._plane(point, axis)
+        plane_shape = self.volume.shape if self.volume.ndim == 2 else tuple(
+            n for a, n in enumerate(self.volume.shape) if a != axis
+        )
+        window = self._window(plane_shape, centre)
+        local = (centre[0] - window[0].start, centre[1] - window[1].start)
+        probability = self.foreground(axis, index, window)
+        mask = flood_fill(probability > 0.5, local)
+        if not mask.any():  # the model sees background here: a small disk so the click is never lost
+            rows, cols = np.ogrid[: probability.shape[0], : probability.shape[1]]
+            mask = (rows - local[0]) ** 2 + (cols - local[1]) ** 2 <= 4
+        return index, window, mask
+
+    def component_2d(self, point: tuple[int, ...], axis: int) -> tuple[tuple[slice, ...], np.ndarray]:
+        """The predicted object under ``point`` on its slice: (region in the volume, bool mask of the region)."""
+        index, window, mask = self._component_on_plane(point, axis)
+        if self.volume.ndim == 3:
+            mask = np.expand_dims(mask, axis)
+        return self._volume_region(axis, index, window), mask
+
+    def _volume_region(self, axis: int, index: int, window: tuple[slice, slice]) -> tuple[slice, ...]:
+        if self.volume.ndim == 2:
+            return window
+        region = list(window)
+        region.insert(axis, slice(index, index + 1))
+        return tuple(region)
+
+    def component_3d(self, point: tuple[int, ...], axis: int) -> tuple[tuple[slice, ...], np.ndarray]:
+        """The object under ``point`` propagated through neighbouring slices (up to ``depth`` each way)."""
+        if self.volume.ndim == 2:
+            return self.component_2d(point, axis)
+        index, centre = self._plane(point, axis)
+        plane_shape = tuple(n for a, n in enumerate(self.volume.shape) if a != axis)
+        window = self._window(plane_shape, centre)
+        first = max(0, index - self.depth)
+        last = min(self.volume.shape[axis] - 1, index + self.depth)
+        stack = np.zeros((last - first + 1, window[0].stop - window[0].start, window[1].stop - window[1].start), bool)
+        _, _, seed_mask = self._component_on_plane(point, axis)
+        stack[index - first] = seed_mask
+        for direction in (1, -1):
+            previous = seed_mask
+            current = index + direction
+            while first <= current <= last and previous.any():
+                if (current - index) % self.prefetch_slices == direction % self.prefetch_slices:
+                    ahead = range(current, current + direction * self.prefetch_slices, direction)
+                    self.prefetch(axis, [i for i in ahead if first <= i <= last], window)
+                candidate = self.foreground(axis, current, window) > 0.5
+                grown = flood_fill(candidate, previous)  # the parts connected to the previous slice's object
+                if not grown.any():
+                    break
+                stack[current - first] = grown
+                previous = grown
+                current += direction
+        region = list(window)
+        region.insert(axis, slice(first, last + 1))
+        return tuple(region), np.moveaxis(stack, 0, axis)
+
+    def click(self, current: np.ndarray, click: Click, axis: int = 0, three_d: bool = False) -> ClickUpdate:
+        """Apply one click to ``current`` (bool object mask, volume shape); returns the changed region."""
+        started = time.perf_counter()
+        point = tuple(int(p) for p in click.point)
+        if len(point) != self.volume.ndim or any(not 0 <= p < n for p, n in zip(point, self.volume.shape, strict=True)):
+            raise ValueError(f"click {point} is outside the volume of shape {self.volume.shape}")
+        if click.positive:
+            region, component = (self.component_3d if three_d else self.component_2d)(point, axis)
+            mask = current[region] | component
+        else:
+            index, _ = self._plane(point, axis)
+            if three_d and self.volume.ndim == 3:
+                region = tuple(slice(0, n) for n in self.volume.shape)
+            else:
+                region = self._volume_region(axis, index, (slice(0, None), slice(0, None)))
+                region = tuple(slice(r.start, r.stop if r.stop is not None else n)
+                               for r, n in zip(region, self.volume.shape, strict=True))
+            local = tuple(p - r.start for p, r in zip(point, region, strict=True))
+            inside = current[region]
+            mask = inside & ~flood_fill(inside, local)
+        return ClickUpdate(region=region, mask=mask, seconds=time.perf_counter() - started)
+
+
+def segment_clicks(
+    segmenter: Segmenter, volume: np.ndarray, clicks: list[Click], axis: int = 0, three_d: bool = False
+) -> np.ndarray:
+    """Apply ``clicks`` in order to an empty object; returns the object's bool mask (volume shape)."""
+    session = ClickSegmenter(segmenter, volume)
+    current = np.zeros(np.asarray(volume).shape, bool)
+    for click in clicks:
+        update = session.click(current, click, axis=axis, three_d=three_d)
+        current[update.region] = update.mask
+    return current
