@@ -46,6 +46,7 @@ lint: install
 
 models: install
 	$(BIN)/aunet build-model phantom
+	$(BIN)/aunet build-model brain
 
 bench: install
 	$(BIN)/python benchmarks/segment_cli.py

@@ -1,4 +1,4 @@
-"""`aunet demo`: napari with a sample scan, segmented through the plugin's own widgets.
+"""`aunet demo`: napari with the MNI152 T1 sample, segmented by the brain model through the plugin's widgets.
 
 With ``--screenshot`` it waits for the segmentation, shows the attention levels side by side with the
 comparison table filled in, saves a screenshot of the whole window and exits.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import time
 
-SAMPLE = "phantom"
+SAMPLE_KEY, SAMPLE = "mni152_t1", "MNI152 T1"
 
 
 def run_demo(screenshot: str | None = None) -> int:
@@ -18,15 +18,13 @@ def run_demo(screenshot: str | None = None) -> int:
 
     viewer = napari.Viewer(title="napari-aunet demo", show=True)
     viewer.window._qt_window.resize(1400, 900)
-    viewer.open_sample("napari-aunet", SAMPLE)
-    truth = next((layer for layer in viewer.layers if layer.name.endswith("ground truth")), None)
-    if truth is not None:
-        truth.visible = False
+    viewer.open_sample("napari-aunet", SAMPLE_KEY)
     _, segment = viewer.window.add_plugin_dock_widget("napari-aunet", "Segment")
     _, compare = viewer.window.add_plugin_dock_widget("napari-aunet", "Compare attention levels")
     segment.reset_choices()
     segment._image.value = viewer.layers[SAMPLE]
-    segment.select_model("phantom")
+    segment.select_model("brain")
+    segment._view.value = "axial"
     segment.run()
     if not screenshot:
         napari.run()
@@ -49,7 +47,7 @@ def run_demo(screenshot: str | None = None) -> int:
             layer.visible = layer.name.startswith("attention L2")
     viewer.layers[f"{SAMPLE} segmentation"].visible = True
     viewer.layers[f"{SAMPLE} segmentation"].contour = 1
-    viewer.dims.set_current_step(0, viewer.layers[SAMPLE].data.shape[0] // 2)
+    viewer.dims.set_current_step(2, 95)  # an axial slice through the ventricles
     viewer.reset_view()
     for _ in range(20):
         QApplication.processEvents()

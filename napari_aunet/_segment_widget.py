@@ -27,6 +27,7 @@ from ._layers import (
 )
 from ._orientation import DisplayTransform, file_order
 from ._state import SegmentationRun, state_for
+from ._views import VIEWS, show_plane
 from .engine.bundled import BUNDLED_MODELS, load_model
 from .engine.checkpoint import Checkpoint, CheckpointError
 from .engine.geometry import GridGeometry
@@ -99,6 +100,8 @@ class SegmentWidget(Container):
         self._worker = None
         self._progress = None
         self._image = create_widget(label="image", annotation=Image)
+        self._view = ComboBox(label="view", choices=["as opened", *VIEWS], value="as opened",
+                              tooltip="Radiological views of scans opened by this plugin (RAS display)")
         self._model = ComboBox(label="model", choices=self._model_choices)
         self._checkpoint = FileEdit(label="checkpoint", filter="*.safetensors", visible=False)
         self._card = Label(label="about")
@@ -116,7 +119,7 @@ class SegmentWidget(Container):
         self._card.native.setWordWrap(True)
         self._status.native.setWordWrap(True)
         self.extend([
-            self._image, self._model, self._checkpoint, self._card, self._device, self._mode, self._plane,
+            self._image, self._view, self._model, self._checkpoint, self._card, self._device, self._mode, self._plane,
             self._scope, self._with_attention, self._with_probabilities, self._run, self._cancel, self._status,
             self._note,
         ])
@@ -124,6 +127,7 @@ class SegmentWidget(Container):
         self._mode.changed.connect(lambda value: setattr(self._plane, "enabled", value == "2d"))
         self._run.clicked.connect(self.run)
         self._cancel.clicked.connect(self.cancel)
+        self._view.changed.connect(lambda plane: plane in VIEWS and show_plane(self._viewer, plane))
         self._on_model_changed(self._model.value)
         self._state.model_listeners.append(self.select_model)
 
@@ -225,9 +229,13 @@ class SegmentWidget(Container):
             index = source.file_index(display_axis, display_index)
             volume = np.take(source.volume, index, axis=file_axis)
             slice_only = (file_axis, index)
+        spacing = tuple(float(v) for v in np.linalg.norm(source.affine[:3, : source.volume.ndim], axis=0))
+        if slice_only is not None:
+            spacing = tuple(v for a, v in enumerate(spacing) if a != file_axis)
         options = {
             "mode": mode,
             "axis": file_axis,
+            "spacing": spacing,
             "return_attention": self._with_attention.value,
             "return_probabilities": self._with_probabilities.value,
         }

@@ -86,6 +86,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         roi_size=args.roi_size,
         overlap=args.overlap,
         return_attention=args.attention_dir is not None,
+        spacing=scan.spacing,
         progress=_progress_printer("segment", args.quiet),
     )
     elapsed = time.perf_counter() - started
@@ -104,7 +105,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
         }
         print(
             f"segmented {scan.data.shape} on {segmenter.device.type} ({mode}"
-            f"{f', axis {axis}' if axis is not None else ''}) in {elapsed:.1f} s; voxels per class: {counts}",
+            f"{f', axis {axis}' if axis is not None else ''}) in {elapsed:.1f} s; voxels per class: {counts}"
+            + (f"; resampled to {result.resampled_shape} for the model's {checkpoint.config.spacing} mm voxels"
+               if result.resampled_shape else ""),
             file=sys.stderr,
         )
         for path in written:
@@ -149,7 +152,8 @@ def cmd_phantom(args: argparse.Namespace) -> int:
 
 
 def cmd_build_model(args: argparse.Namespace) -> int:
-    from .engine.bundled import build_bundled_model, resources_dir
+    from .engine.bundled import resources_dir
+    from .recipes import build_bundled_model
 
     output = Path(args.output) if args.output else resources_dir() / "models" / f"{args.name}.safetensors"
     started = time.perf_counter()
@@ -361,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     segment.add_argument("input", metavar="IN", help="scan to segment (.nii, .nii.gz, .hdr/.img, .mgz)")
     segment.add_argument("-o", "--output", required=True, metavar="OUT", help="label file to write (.nii.gz)")
-    segment.add_argument("--model", default="default", help="bundled model name (default, phantom) or checkpoint path")
+    segment.add_argument("--model", default="default", help="bundled model name (default = brain, brain, phantom) or checkpoint path")
     segment.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
     segment.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                          help="auto = fp16 autocast on CUDA, fp32 on the CPU")
@@ -378,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="print a model's config and card as JSON",
                           description="Print a bundled model's or checkpoint file's config, model card, history "
                           "and provenance as JSON.")
-    info.add_argument("model", metavar="NAME|PATH", help="bundled model name (default, phantom) or checkpoint path")
+    info.add_argument("model", metavar="NAME|PATH", help="bundled model name (default = brain, brain, phantom) or checkpoint path")
     info.set_defaults(handler=cmd_info)
 
     phantom = sub.add_parser("phantom", help="write a synthetic phantom scan (and its labels)",
@@ -450,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=cmd_demo)
 
     build = sub.add_parser("build-model", help="rebuild a bundled model from its recipe (CPU, fixed seed)")
-    build.add_argument("name", choices=("phantom",))
+    build.add_argument("name", choices=("brain", "phantom"))
     build.add_argument("-o", "--output", help="checkpoint to write (default: the bundled file)")
     build.add_argument("--steps", type=int, help="training steps (default: the recipe's)")
     build.add_argument("--seed", type=int, default=0)

@@ -34,7 +34,17 @@ class LevelStatistics:
 def pool_to_grid(mask: np.ndarray, attention: AttentionMap) -> np.ndarray:
     """Fraction of each attention cell's input voxels where ``mask`` is true (float32, the map's shape)."""
     fraction = mask.astype(np.float32)
-    for axis, scale in enumerate(attention.geometry.scale):
+    geometry = attention.geometry
+    pooled = all(float(s).is_integer() and o == (s - 1) / 2 for s, o in zip(geometry.scale, geometry.offset, strict=True))
+    if not pooled:  # a map on a resampled grid: average the mask over each cell's extent
+        from .inference import resample
+
+        covered = tuple(int(round(n * s)) for n, s in zip(attention.data.shape, geometry.scale, strict=True))
+        padded = np.zeros(tuple(max(c, m) for c, m in zip(covered, fraction.shape, strict=True)), np.float32)
+        padded[tuple(slice(0, n) for n in fraction.shape)] = fraction
+        region = padded[tuple(slice(0, c) for c in covered)]
+        return np.clip(resample(region, attention.data.shape, mode="linear"), 0.0, 1.0)
+    for axis, scale in enumerate(geometry.scale):
         factor = int(scale)
         if factor == 1:
             continue

@@ -32,6 +32,13 @@ class GridGeometry:
         offset = tuple((s - 1.0) / 2.0 for s in scale)
         return cls(scale, offset)
 
+    def then(self, outer: GridGeometry) -> GridGeometry:
+        """This grid placed on ``outer``'s input, when this geometry is relative to ``outer``'s grid."""
+        return GridGeometry(
+            tuple(o * s for o, s in zip(outer.scale, self.scale, strict=True)),
+            tuple(o * off + o_off for o, off, o_off in zip(outer.scale, self.offset, outer.offset, strict=True)),
+        )
+
     def affine(self, input_affine: np.ndarray) -> np.ndarray:
         """Voxel-to-world affine of this grid, given the input's ``(ndim+1, ndim+1)`` or 4x4 affine."""
         input_affine = np.asarray(input_affine, dtype=np.float64)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .checkpoint import Checkpoint
 from .config import ModelConfig
@@ -69,7 +70,8 @@ class AttentionMap:
 
     @property
     def factor(self) -> int:
-        return int(max(self.geometry.scale))
+        """How many times coarser than the model's input grid this level is (2**(level-1))."""
+        return 2 ** (self.level - 1)
 
 
 @dataclass
@@ -82,6 +84,23 @@ class SegmentationResult:
     attention: dict[int, AttentionMap] = field(default_factory=dict)  # level -> map, level 1 = finest
     mode: str = "2d"
     axis: int | None = None
+    resampled_shape: tuple[int, ...] | None = None  # the grid the model ran on, when the spacing was adapted
+
+
+def resample(array: np.ndarray, shape: tuple[int, ...], mode: str = "linear", leading: int = 0) -> np.ndarray:
+    """Resize the spatial axes of ``array`` (after ``leading`` channel axes) to ``shape``.
+
+    ``linear`` is bilinear/trilinear with half-pixel centres (align_corners=False); ``nearest`` for labels.
+    """
+    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    spatial = tensor.shape[leading:]
+    tensor = tensor.reshape(1, -1, *spatial)
+    if mode == "linear":
+        mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(spatial)]
+        out = F.interpolate(tensor, size=tuple(shape), mode=mode, align_corners=False)
+    else:
+        out = F.interpolate(tensor, size=tuple(shape), mode="nearest-exact")
+    return out.reshape(*array.shape[:leading], *shape).numpy()
 
 
 def gaussian_weight(size: tuple[int, ...], sigma_scale: float = 0.125) -> np.ndarray:
@@ -183,6 +202,7 @@ class Segmenter:
         overlap: float = 0.25,
         return_probabilities: bool = False,
         return_attention: bool = True,
+        spacing: tuple[float, ...] | None = None,
     ) -> Generator[tuple[int, int], None, SegmentationResult]:
         """Generator form: yields ``(done, total)`` after each batch and returns the result.
 
@@ -207,9 +227,61 @@ class Segmenter:
         if mode == "3d" and volume.ndim != 3:
             raise BadVolumeError(f"a 3D model needs a 3D volume, got shape {volume.shape}")
         normalized = normalize(volume, self.config.normalization)
+        target_shape = self.adapted_shape(volume.shape, spacing, axis if mode == "2d" else None)
+        if target_shape is not None:
+            normalized = resample(normalized, target_shape, mode="linear")
+            axis_after = axis % volume.ndim if mode == "2d" else axis
+            # Labels follow the probabilities, so they are always needed on the model's grid.
+            if mode == "2d":
+                result = yield from self._segment_slices(normalized, axis_after, True, return_attention)
+            else:
+                result = yield from self._segment_windows(normalized, roi_size, overlap, True, return_attention)
+            return self._back_to_input(result, volume.shape, return_probabilities)
         if mode == "2d":
             return (yield from self._segment_slices(normalized, axis, return_probabilities, return_attention))
         return (yield from self._segment_windows(normalized, roi_size, overlap, return_probabilities, return_attention))
+
+    def adapted_shape(
+        self, shape: tuple[int, ...], spacing: tuple[float, ...] | None, axis: int | None
+    ) -> tuple[int, ...] | None:
+        """The grid to run the model on when ``spacing`` differs from the model's by more than 20 %, else None.
+
+        A 2D model (``axis`` given) is adapted in-plane only; the slicing axis keeps its slices.
+        """
+        trained = self.config.spacing
+        if spacing is None or trained is None:
+            return None
+        spacing = tuple(float(s) for s in spacing[: len(shape)])
+        if self.config.spatial_dims == 2:
+            target = [float(np.median(trained))] * len(shape)
+        else:
+            target = list(trained[: len(shape)])
+        if axis is not None and len(shape) == 3:
+            target[axis % 3] = spacing[axis % 3]
+        ratios = [s / t for s, t in zip(spacing, target, strict=True)]
+        if all(abs(r - 1.0) <= 0.2 for r in ratios):
+            return None
+        return tuple(max(1, int(round(n * r))) for n, r in zip(shape, ratios, strict=True))
+
+    def _back_to_input(self, result: SegmentationResult, shape: tuple[int, ...], keep_probabilities: bool):
+        """Map a result on the adapted grid back to the input grid (probabilities linear, maps re-placed)."""
+        model_shape = result.labels.shape
+        probabilities = resample(result.probabilities, shape, mode="linear", leading=1)
+        probabilities /= np.maximum(probabilities.sum(axis=0, keepdims=True), 1e-8)
+        classes = probabilities.shape[0]
+        labels = probabilities.argmax(axis=0).astype(np.uint8 if classes <= 256 else np.uint16)
+        to_input = GridGeometry(
+            tuple(n_in / n_model for n_in, n_model in zip(shape, model_shape, strict=True)),
+            tuple(0.5 * n_in / n_model - 0.5 for n_in, n_model in zip(shape, model_shape, strict=True)),
+        )
+        attention = {
+            level: AttentionMap(level, m.data, m.geometry.then(to_input)) for level, m in result.attention.items()
+        }
+        return SegmentationResult(
+            labels=labels, class_names=result.class_names,
+            probabilities=probabilities.astype(np.float32) if keep_probabilities else None, attention=attention,
+            mode=result.mode, axis=result.axis, resampled_shape=model_shape,
+        )
 
     def _segment_slices(self, volume, axis, return_probabilities, return_attention):
         single = volume.ndim == 2

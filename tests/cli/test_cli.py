@@ -86,11 +86,16 @@ def test_auto_axis_slices_axially_in_a_non_ras_file(tmp_path):
 
 
 def test_info_prints_the_config_as_json(capsys):
-    assert main(["info", "default"]) == 0
+    assert main(["info", "phantom"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["config"]["class_names"] == ["background", "organ", "lesion"]
     assert summary["config"]["gated_levels"] == [1, 2, 3]
     assert "phantom" in summary["model_card"]
+    assert main(["info", "default"]) == 0  # default is the brain model, with its card and data notice
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["config"]["class_names"] == ["background", "grey matter", "white matter"]
+    assert summary["config"]["spacing"] == [1.0, 1.0, 1.0]
+    assert "MNI ICBM 2009a" in summary["model_card"] and "McGill" in summary["model_card"]
 
 
 @pytest.mark.parametrize(

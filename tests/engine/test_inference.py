@@ -171,3 +171,27 @@ def test_generator_form_yields_per_batch_and_returns_the_result(tiny_model_2d, v
     steps = Segmenter(tiny_model_2d, device="cpu", batch_size=4).iter_segment(volume, axis=2)
     assert next(steps) == (1, 4)
     steps.close()
+
+
+def test_a_scan_at_another_spacing_is_resampled_to_the_models_and_mapped_back():
+    import dataclasses
+
+    from napari_aunet.engine.bundled import load_model
+    from napari_aunet.engine.phantoms import generate_phantom
+
+    checkpoint = load_model("phantom")
+    model = checkpoint.build_model()
+    model.config = dataclasses.replace(model.config, spacing=(1.0, 1.0))  # "trained at 1 mm"
+    segmenter = Segmenter(model, device="cpu")
+    phantom = generate_phantom((96, 80), seed=4)
+    reference = segmenter.segment(phantom.image)
+    fine = np.kron(phantom.image, np.ones((2, 2), np.float32))  # the same object at 0.5 mm
+    assert segmenter.adapted_shape(fine.shape, (0.5, 0.5), None) == (96, 80)
+    assert segmenter.adapted_shape(fine.shape, (0.9, 1.1), None) is None  # within 20 %: no resampling
+    result = segmenter.segment(fine, spacing=(0.5, 0.5))
+    assert result.labels.shape == fine.shape and result.resampled_shape == (96, 80)
+    expected = np.kron(reference.labels, np.ones((2, 2), np.uint8))
+    assert (result.labels == expected).mean() > 0.97
+    level2 = result.attention[2]
+    assert level2.data.shape == (48, 40)  # native on the model's grid, not upsampled
+    assert level2.geometry == GridGeometry((4.0, 4.0), (1.5, 1.5))  # a 1 mm level-2 cell = 4 fine voxels
