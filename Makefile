@@ -13,7 +13,7 @@ QT_DEBS := xvfb xauth libgl1 libegl1 libgl1-mesa-dri libxkbcommon-x11-0 libxcb-i
 	libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 libxcb-xfixes0 libxcb-shape0 \
 	libxcb-cursor0 libdbus-1-3
 
-.PHONY: demo test install system-deps lint models bench clean
+.PHONY: demo test install system-deps lint models study bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ lint: install
 models: install
 	$(BIN)/aunet build-model phantom
 	$(BIN)/aunet build-model brain
+	$(BIN)/aunet build-model click
+
+study: install
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	$(BIN)/python benchmarks/study.py
 
 bench: install
 	$(BIN)/python benchmarks/segment_cli.py

@@ -1,8 +1,9 @@
 """Click-to-segment widget: positive/negative clicks on a prompt Points layer edit one object at a time.
 
 Press *Start clicking*: a Points layer ``<image> clicks`` is added in add mode. Each click runs the model
-around the click (v1: the connected predicted region under it) and updates the current object in the
-target Labels layer through napari's undoable path (Ctrl+Z on the labels layer reverts one click).
+around the click and updates the current object in the target Labels layer through napari's undoable path
+(Ctrl+Z on the labels layer reverts one click). With the ``click`` model (v2) the object is predicted from
+all of its clicks on the slice; with a segmentation model (v1) it is the connected predicted region.
 Negative clicks: tick *negative clicks* or press ``N`` on the clicks layer to toggle; they remove the part
 of the object under them. *Next object* starts a new label id.
 """
@@ -33,7 +34,9 @@ class ClickWidget(Container):
         self._state = state_for(napari_viewer)
         self._image = create_widget(label="image", annotation=Image)
         self._target = create_widget(label="objects layer", annotation=Labels, options={"nullable": True})
-        self._model = ComboBox(label="model", choices=lambda w=None: ["default", *BUNDLED_MODELS, *self._state.models])
+        self._model = ComboBox(label="model", choices=lambda w=None: ["click", "default", *(
+            name for name in BUNDLED_MODELS if name != "click"), *self._state.models], value="click",
+            tooltip="click: the click-guided model (v2); others: a segmentation model + connected component (v1)")
         self._plane = ComboBox(label="slices", choices=[VIEW_PLANE, *PLANES], value=VIEW_PLANE)
         self._three_d = CheckBox(text="3D: propagate through neighbouring slices", value=False)
         self._negative = CheckBox(text="negative clicks (N)", value=False)
@@ -103,6 +106,8 @@ class ClickWidget(Container):
             return
         self.object_id = int(np.asarray(self._target.value.data).max()) + 1
         self._target.value.selected_label = self.object_id
+        if self._session is not None:
+            self._session[1].new_object()
         self._status.value = f"object {self.object_id}: click on the next structure"
 
     # ----- clicks -------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import QWidget
 
 from ._orientation import file_order
-from ._segment_widget import PLANES, VIEW_PLANE, image_source
+from ._segment_widget import CLICK_ONLY, PLANES, VIEW_PLANE, image_source
 from ._state import state_for
 from .engine.bundled import BUNDLED_MODELS, load_model
 from .engine.checkpoint import CheckpointError, save_checkpoint
@@ -145,7 +145,7 @@ class FineTuneWidget(Container):
 
     # ----- annotated slices -------------------------------------------------------------------
     def _model_choices(self, widget=None) -> list[str]:
-        return ["default", *BUNDLED_MODELS, *self._state.models]
+        return ["default", *(name for name in BUNDLED_MODELS if name not in CLICK_ONLY), *self._state.models]
 
     def _on_labels_changed(self, layer=None) -> None:
         if layer is not None:

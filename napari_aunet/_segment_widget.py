@@ -34,6 +34,7 @@ from .engine.geometry import GridGeometry
 from .engine.inference import SegmentationResult, Segmenter
 
 FILE_CHOICE = "checkpoint file…"
+CLICK_ONLY = ("click",)  # bundled models that need clicks as input: for the Click widget only
 PLANES = {"axial": 2, "coronal": 1, "sagittal": 0}  # display (RAS) axis each plane slices along
 VIEW_PLANE = "viewer's slice"
 
@@ -133,7 +134,8 @@ class SegmentWidget(Container):
 
     # ----- models -------------------------------------------------------------------------------
     def _model_choices(self, widget=None) -> list[str]:
-        return ["default", *BUNDLED_MODELS, *self._state.models, FILE_CHOICE]
+        segmentation = [name for name in BUNDLED_MODELS if name not in CLICK_ONLY]
+        return ["default", *segmentation, *self._state.models, FILE_CHOICE]
 
     def _on_model_changed(self, value) -> None:
         self._checkpoint.visible = value == FILE_CHOICE

@@ -440,7 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
     click.add_argument("--point", action="append", required=True, metavar="I,J,K", help="a positive click")
     click.add_argument("--negative", action="append", metavar="I,J,K", help="a negative click")
     click.add_argument("-o", "--output", required=True, metavar="OUT")
-    click.add_argument("--model", default="default")
+    click.add_argument("--model", default="click",
+                       help="click (the click-guided model, default) or a segmentation model: brain, phantom, PATH")
     click.add_argument("--mode", choices=("2d", "3d"), default="2d",
                        help="2d: the clicked slice only; 3d: propagate through neighbouring slices")
     click.add_argument("--axis", default="auto", help="slicing axis in file order (auto = axial)")
@@ -454,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=cmd_demo)
 
     build = sub.add_parser("build-model", help="rebuild a bundled model from its recipe (CPU, fixed seed)")
-    build.add_argument("name", choices=("brain", "phantom"))
+    build.add_argument("name", choices=("brain", "click", "phantom"))
     build.add_argument("-o", "--output", help="checkpoint to write (default: the bundled file)")
     build.add_argument("--steps", type=int, help="training steps (default: the recipe's)")
     build.add_argument("--seed", type=int, default=0)

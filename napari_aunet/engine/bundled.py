@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
 
-BUNDLED_MODELS = {"brain": "brain.safetensors", "phantom": "phantom.safetensors"}
+BUNDLED_MODELS = {"brain": "brain.safetensors", "click": "click.safetensors", "phantom": "phantom.safetensors"}
 ALIASES = {"default": "brain"}
 
 def resources_dir() -> Path:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .clickmodel import deepest_point, is_click_model, predict_object
 from .inference import Segmenter
 from .intensity import check_volume, normalize
 
@@ -76,6 +77,10 @@ class ClickSegmenter:
         check_volume(volume)
         if segmenter.config.spatial_dims != 2:
             raise ValueError("click segmentation needs a 2D model (it works slice by slice)")
+        self.guided = is_click_model(segmenter.config)
+        if not self.guided and segmenter.config.in_channels != 1:
+            raise ValueError(f"a model with {segmenter.config.in_channels} input channels is not a click model")
+        self.object_clicks: list[Click] = []  # clicks on the current object (click-guided models)
         self.segmenter = segmenter
         self.volume = normalize(volume, segmenter.config.normalization)
         self.window = int(window)
@@ -191,12 +196,72 @@ class ClickSegmenter:
         region.insert(axis, slice(first, last + 1))
         return tuple(region), np.moveaxis(stack, 0, axis)
 
+    def new_object(self) -> None:
+        """Forget the clicks of the current object (the next click starts a new one)."""
+        self.object_clicks = []
+
+    def _guided_on_plane(self, axis: int, index: int, positives: list, negatives: list):
+        """Click-guided prediction on one slice: (window, bool mask in the window) from file-order clicks."""
+        plane_shape = self.volume.shape if self.volume.ndim == 2 else tuple(
+            n for a, n in enumerate(self.volume.shape) if a != axis
+        )
+        anchor = positives[0]
+        window = self._window(plane_shape, anchor)
+        local = [[(r - window[0].start, c - window[1].start) for r, c in points] for points in (positives, negatives)]
+        probability = predict_object(self.segmenter.model, self._window_of(axis, index, window), *local)
+        seeds = np.zeros(probability.shape, bool)
+        for r, c in local[0]:
+            if 0 <= r < seeds.shape[0] and 0 <= c < seeds.shape[1]:
+                seeds[r, c] = True
+        return window, flood_fill(probability > 0.5, seeds)
+
+    def _guided_click(self, point: tuple[int, ...], axis: int, three_d: bool):
+        index, _ = self._plane(point, axis)
+        on_slice = [c for c in self.object_clicks if self._plane(c.point, axis)[0] == index]
+        positives = [self._plane(c.point, axis)[1] for c in on_slice if c.positive]
+        negatives = [self._plane(c.point, axis)[1] for c in on_slice if not c.positive]
+        if not positives:
+            return None  # a negative click before any positive one on this slice: v1 behaviour
+        window, mask = self._guided_on_plane(axis, index, positives, negatives)
+        if not three_d or self.volume.ndim == 2:
+            if self.volume.ndim == 3:
+                mask = np.expand_dims(mask, axis)
+            return self._volume_region(axis, index, window), mask
+        first = max(0, index - self.depth)
+        last = min(self.volume.shape[axis] - 1, index + self.depth)
+        stack = np.zeros((last - first + 1, *mask.shape), bool)
+        stack[index - first] = mask
+        for direction in (1, -1):
+            previous, current = mask, index + direction
+            while first <= current <= last and previous.sum() >= 5:
+                inner = deepest_point(previous)
+                anchor = (inner[0] + window[0].start, inner[1] + window[1].start)
+                _, grown = self._guided_on_plane(axis, current, [anchor], [])
+                if not (grown & _dilate(previous)).any():
+                    break
+                stack[current - first] = grown
+                previous, current = grown, current + direction
+        region = list(window)
+        region.insert(axis, slice(first, last + 1))
+        return tuple(region), np.moveaxis(stack, 0, axis)
+
     def click(self, current: np.ndarray, click: Click, axis: int = 0, three_d: bool = False) -> ClickUpdate:
-        """Apply one click to ``current`` (bool object mask, volume shape); returns the changed region."""
+        """Apply one click to ``current`` (bool object mask, volume shape); returns the changed region.
+
+        With a click-guided model the object on the clicked slice is predicted from all of this object's
+        clicks on that slice (positive and negative); otherwise (v1) positive clicks add the predicted
+        region under them and negative clicks remove the part of the object under them.
+        """
         started = time.perf_counter()
         point = tuple(int(p) for p in click.point)
         if len(point) != self.volume.ndim or any(not 0 <= p < n for p, n in zip(point, self.volume.shape, strict=True)):
             raise ValueError(f"click {point} is outside the volume of shape {self.volume.shape}")
+        if self.guided:
+            self.object_clicks.append(Click(point, click.positive))
+            guided = self._guided_click(point, axis, three_d)
+            if guided is not None:
+                region, mask = guided
+                return ClickUpdate(region=region, mask=mask, seconds=time.perf_counter() - started)
         if click.positive:
             region, component = (self.component_3d if three_d else self.component_2d)(point, axis)
             mask = current[region] | component

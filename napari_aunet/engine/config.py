@@ -53,6 +53,9 @@ class ModelConfig:
     class_names: tuple[str, ...] = ("background", "foreground")
     normalization: Normalization = field(default_factory=Normalization)
     spacing: tuple[float, ...] | None = None  # training voxel spacing in mm, in the file's own axis order
+    # "fine": the gate at the skip's own grid with g = the upsampled decoder features (DESIGN.md);
+    # "coarse": Oktay et al.'s gate at the coarser grid (strided W_x, g = the coarser features, psi upsampled)
+    gate_grid: str = "fine"
 
     def __post_init__(self) -> None:
         # JSON gives lists; keep tuples so configs compare and hash as values.
@@ -63,6 +66,8 @@ class ModelConfig:
             object.__setattr__(self, "normalization", Normalization(**self.normalization))
         if self.spacing is not None:
             object.__setattr__(self, "spacing", tuple(float(s) for s in self.spacing))
+        if self.gate_grid not in ("fine", "coarse"):
+            raise ValueError(f"gate_grid must be 'fine' or 'coarse', got {self.gate_grid!r}")
         if self.spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
         if len(self.widths) < 2:

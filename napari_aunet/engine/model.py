@@ -74,21 +74,59 @@ class AttentionGate(nn.Module):
         return x * psi, psi
 
 
+class CoarseAttentionGate(nn.Module):
+    """Oktay et al.'s gate, computed at the coarser grid of the gating signal.
+
+    ``gx = BN(Conv2x2 stride 2(x))`` brings the skip to ``g``'s grid, ``gg = BN(Conv1x1(g))``,
+    ``psi = Sigmoid(BN(Conv1x1(ReLU(gx + gg))))`` at the coarse grid, upsampled (bilinear/trilinear,
+    align_corners=False) to x's grid; ``out = x * psi``. Returns ``(out, psi at x's grid)``.
+    """
+
+    def __init__(self, spatial_dims: int, skip_channels: int, gating_channels: int) -> None:
+        super().__init__()
+        conv, norm = _conv(spatial_dims), _batch_norm(spatial_dims)
+        inter_channels = max(skip_channels // 2, 1)
+        self.spatial_dims = spatial_dims
+        self.skip_transform = nn.Sequential(
+            conv(skip_channels, inter_channels, kernel_size=2, stride=2), norm(inter_channels)
+        )
+        self.gating_transform = nn.Sequential(
+            conv(gating_channels, inter_channels, kernel_size=1), norm(inter_channels)
+        )
+        self.psi = nn.Sequential(conv(inter_channels, 1, kernel_size=1), norm(1), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        gx = self.skip_transform(x)
+        gg = self.gating_transform(g)
+        mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
+        if gg.shape[2:] != gx.shape[2:]:
+            gg = F.interpolate(gg, size=gx.shape[2:], mode=mode, align_corners=False)
+        psi = F.interpolate(self.psi(F.relu(gx + gg)), size=x.shape[2:], mode=mode, align_corners=False)
+        return x * psi, psi
+
+
 class DecoderBlock(nn.Module):
     """``up = ConvTranspose(stride 2)(below)``; ``skip = gate(x=skip, g=up)``; ``cat([up, skip])``; ConvBlock."""
 
-    def __init__(self, spatial_dims: int, below_channels: int, skip_channels: int, gated: bool) -> None:
+    def __init__(
+        self, spatial_dims: int, below_channels: int, skip_channels: int, gated: bool, gate_grid: str = "fine"
+    ) -> None:
         super().__init__()
         up_conv = nn.ConvTranspose2d if spatial_dims == 2 else nn.ConvTranspose3d
         self.up = up_conv(below_channels, skip_channels, kernel_size=2, stride=2)
-        self.gate = AttentionGate(spatial_dims, skip_channels, skip_channels) if gated else None
+        self.gate_grid = gate_grid
+        self.gate: nn.Module | None = None
+        if gated and gate_grid == "coarse":
+            self.gate = CoarseAttentionGate(spatial_dims, skip_channels, below_channels)
+        elif gated:
+            self.gate = AttentionGate(spatial_dims, skip_channels, skip_channels)
         self.conv = ConvBlock(spatial_dims, 2 * skip_channels, skip_channels)
 
     def forward(self, below: torch.Tensor, skip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         up = self.up(below)
         psi = None
         if self.gate is not None:
-            skip, psi = self.gate(skip, up)
+            skip, psi = self.gate(skip, below if self.gate_grid == "coarse" else up)
         return self.conv(torch.cat([up, skip], dim=1)), psi
 
 
@@ -113,7 +151,8 @@ class AttentionUNet(nn.Module):
             in_channels = width
         # decoders[k - 1] merges level k+1 into level k's skip.
         self.decoders = nn.ModuleList(
-            DecoderBlock(dims, widths[k], widths[k - 1], gated=k in config.gated_levels) for k in config.skip_levels
+            DecoderBlock(dims, widths[k], widths[k - 1], gated=k in config.gated_levels, gate_grid=config.gate_grid)
+            for k in config.skip_levels
         )
         self.head = _conv(dims)(widths[0], config.out_channels, kernel_size=1)
         self.pool = nn.MaxPool2d(2) if dims == 2 else nn.MaxPool3d(2)

@@ -186,3 +186,17 @@ def test_config_json_round_trip_and_validation():
         ModelConfig(out_channels=3, class_names=("a", "b"))
     with pytest.raises(ValueError, match="unknown model config keys"):
         ModelConfig.from_dict({**config.to_dict(), "surprise": 1})
+
+
+@pytest.mark.parametrize("spatial_dims, shape", [(2, (19, 26)), (3, (9, 12, 10))])
+def test_coarse_grid_gate_variant_gives_maps_on_the_same_grids(spatial_dims, shape):
+    model = tiny_model(spatial_dims, gated_levels=(1, 2), gate_grid="coarse")
+    assert type(model.decoders[0].gate).__name__ == "CoarseAttentionGate"
+    with torch.no_grad():
+        logits, attention = model(torch.randn(1, 1, *shape), return_attention=True)
+    assert logits.shape[2:] == shape
+    for level, psi in attention.items():
+        factor = 2 ** (level - 1)
+        assert psi.shape[2:] == tuple(-(-n // factor) for n in shape)
+        assert 0.0 <= float(psi.min()) and float(psi.max()) <= 1.0
+    assert count_parameters(model) != count_parameters(tiny_model(spatial_dims, gated_levels=(1, 2)))

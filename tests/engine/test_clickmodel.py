@@ -1,0 +1,68 @@
+"""Click maps, simulated clicks, and the bundled click-guided model (v2) against v1."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_aunet.engine.bundled import load_model
+from napari_aunet.engine.clickmodel import click_maps, deepest_point, is_click_model, next_click
+from napari_aunet.engine.clicks import Click, ClickSegmenter
+from napari_aunet.engine.inference import Segmenter
+from napari_aunet.engine.phantoms import generate_phantom
+from napari_aunet.recipes import _components
+
+
+def test_click_maps_are_gaussian_blobs_per_polarity():
+    maps = click_maps((20, 30), positives=[(5, 6)], negatives=[(15, 20), (2, 28)])
+    assert maps.shape == (2, 20, 30) and maps.dtype == np.float32
+    assert maps[0, 5, 6] == pytest.approx(1.0) and maps[1, 15, 20] == pytest.approx(1.0)
+    assert maps[0, 15, 20] < 1e-3 and maps[1].max() == pytest.approx(1.0)
+
+
+def test_deepest_point_and_the_next_corrective_click():
+    target = np.zeros((20, 20), bool)
+    target[4:15, 4:15] = True
+    assert deepest_point(target) == (9, 9)
+    prediction = np.zeros_like(target)
+    assert next_click(prediction, target) == ((9, 9), True)  # missed everything: click inside
+    prediction = target.copy()
+    prediction[0:3, 0:20] = True  # overflow at the top
+    point, positive = next_click(prediction, target)
+    assert not positive and point[0] < 3
+    assert next_click(target, target) is None
+
+
+def _dice(a, b):
+    return 2 * (a & b).sum() / max(a.sum() + b.sum(), 1)
+
+
+def _simulate(segmenter, image, target, clicks):
+    session = ClickSegmenter(segmenter, image)
+    current = np.zeros(target.shape, bool)
+    click = (deepest_point(target), True)
+    for _ in range(clicks):
+        if click is None:
+            break
+        update = session.click(current, Click(*click), axis=0)
+        current[update.region] = update.mask
+        click = next_click(current, target)
+    return _dice(current, target)
+
+
+@pytest.mark.slow
+def test_the_click_model_beats_v1_on_held_out_lesions():
+    click = Segmenter(load_model("click"), device="cpu")
+    assert is_click_model(click.config)
+    v1 = Segmenter(load_model("phantom"), device="cpu")
+    rng = np.random.default_rng(0)
+    v1_scores, v2_scores = [], []
+    for i in range(8):
+        phantom = generate_phantom((128, 128), seed=10**9 + 7 * i, lesion_radius=(2.0, 8.0))
+        target = _components(phantom.labels == (2 if (phantom.labels == 2).any() else 1), rng, minimum=5)
+        if target is None:
+            continue
+        v1_scores.append(_simulate(v1, phantom.image, target, 3))
+        v2_scores.append(_simulate(click, phantom.image, target, 3))
+    assert np.mean(v2_scores) > np.mean(v1_scores)
+    assert np.mean(v2_scores) > 0.7
