@@ -26,6 +26,7 @@ Prints a table and writes benchmarks/results/finetune_mni.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -35,39 +36,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_aunet.engine.bundled import resources_dir
-from napari_aunet.engine.config import ModelConfig, Normalization
 from napari_aunet.engine.finetune import FineTuneSettings, TrainingPair, annotated_slices, evaluate, fine_tune
 from napari_aunet.engine.model import AttentionUNet
-from napari_aunet.io import load_scan
+from napari_aunet.recipes import BRAIN_CONFIG, mni_tissue
 
 ROOT = Path(__file__).resolve().parents[1]
 AXIS = 2  # axial in RAS
 MIN_GAP = 3  # test slices are at least this many slices away from every given slice
-STEM = "mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
-CONFIG = ModelConfig(
-    spatial_dims=2,
-    in_channels=1,
-    out_channels=3,
-    widths=(16, 32, 64, 128),
-    gated_levels=(1, 2, 3),
-    class_names=("background", "grey matter", "white matter"),
-    normalization=Normalization(mode="percentile", lower=0.5, upper=99.5),
-)
+# The brain model's architecture and normalisation, without a training spacing (no resampling anywhere).
+CONFIG = dataclasses.replace(BRAIN_CONFIG, spacing=None)
 
 
 def load_mni() -> tuple[np.ndarray, np.ndarray]:
-    """The T1 (uint8, file order) and its 3-class labels from the GM/WM maps (rule in the module docstring)."""
-    samples = resources_dir() / "samples"
-    if not (samples / STEM.format("t1")).is_file():
-        samples = ROOT / "resources" / "samples"
-    t1, gm, wm = (load_scan(samples / STEM.format(kind)) for kind in ("t1", "gm", "wm"))
-    assert t1.orientation == ("R", "A", "S"), t1.orientation
-    gm_p, wm_p = gm.data.astype(np.int16), wm.data.astype(np.int16)
-    labels = np.zeros(gm_p.shape, dtype=np.uint8)
-    labels[(gm_p >= wm_p) & (gm_p >= 128)] = 1
-    labels[(wm_p > gm_p) & (wm_p >= 128)] = 2
-    return np.ascontiguousarray(t1.data), labels
+    """The T1 (uint8, file order, RAS) and its 3-class labels (rule in the module docstring)."""
+    return mni_tissue()
 
 
 def given_slices(brain: list[int], k: int) -> list[int]:

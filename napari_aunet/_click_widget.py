@@ -15,7 +15,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, c
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_warning
 
-from ._segment_widget import PLANES, VIEW_PLANE, _copy_placement_metadata, image_source
+from ._segment_widget import PLANES, VIEW_PLANE, _copy_placement_metadata, image_source, slicing_display_axis
 from ._state import state_for
 from .engine.bundled import BUNDLED_MODELS, load_model
 from .engine.checkpoint import CheckpointError
@@ -145,7 +145,7 @@ class ClickWidget(Container):
         for display_axis, value in enumerate(display_index):
             file_axis = source.file_axis(display_axis)
             file_point[file_axis] = source.file_index(display_axis, int(value))
-        display_axis = self._slicing_display_axis(image, source)
+        display_axis = slicing_display_axis(self._viewer, self._plane.value, source.volume.ndim)
         file_axis = source.file_axis(display_axis) if source.volume.ndim == 3 else 0
         labels_file = _file_view(target.data, source)
         current = labels_file == self.object_id
@@ -167,14 +167,6 @@ class ClickWidget(Container):
         self._status.value = (f"{'+' if positive else '−'} click: object {self.object_id} has {voxels} voxels "
                               f"({update.seconds * 1000:.0f} ms)")
 
-    def _slicing_display_axis(self, image, source) -> int:
-        if source.volume.ndim == 2:
-            return 0
-        if self._plane.value != VIEW_PLANE:
-            return PLANES[self._plane.value]
-        offset = self._viewer.dims.ndim - 3
-        sliced = [axis - offset for axis in self._viewer.dims.not_displayed if axis >= offset]
-        return sliced[-1] if sliced else 0
 
 
 def _file_view(display_data, source) -> np.ndarray:

@@ -31,7 +31,7 @@ from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import QWidget
 
 from ._orientation import file_order
-from ._segment_widget import CLICK_ONLY, PLANES, VIEW_PLANE, image_source
+from ._segment_widget import CLICK_ONLY, PLANES, VIEW_PLANE, image_source, slicing_display_axis
 from ._state import state_for
 from .engine.bundled import BUNDLED_MODELS, load_model
 from .engine.checkpoint import CheckpointError, save_checkpoint
@@ -153,14 +153,7 @@ class FineTuneWidget(Container):
         self._show_annotated()
 
     def _display_axis(self, layer) -> int:
-        if layer.ndim == 2:
-            return 0
-        plane = self._plane.value
-        if plane != VIEW_PLANE:
-            return PLANES[plane]
-        offset = self._viewer.dims.ndim - layer.ndim
-        sliced = [axis - offset for axis in self._viewer.dims.not_displayed if axis >= offset]
-        return sliced[-1] if sliced else 0
+        return slicing_display_axis(self._viewer, self._plane.value, layer.ndim)
 
     def annotated_display_slices(self) -> list[int]:
         layer = self._labels.value

@@ -57,6 +57,18 @@ class ImageSource:
         return display_index
 
 
+def slicing_display_axis(viewer, plane: str, ndim: int = 3) -> int:
+    """The display axis (of a layer's last ``ndim``) that ``plane`` slices along: a fixed RAS axis for
+    axial/coronal/sagittal, the viewer's current slider axis for the viewer's slice; 0 for 2D images."""
+    if ndim == 2:
+        return 0
+    if plane != VIEW_PLANE:
+        return PLANES[plane]
+    offset = viewer.dims.ndim - ndim
+    sliced = [axis - offset for axis in viewer.dims.not_displayed if axis >= offset]
+    return sliced[-1] if sliced else 0
+
+
 def image_source(layer, viewer) -> ImageSource:
     """File-order voxels of ``layer`` (the current volume of a series) with their affine."""
     aunet = layer.metadata.get("aunet") if isinstance(layer.metadata, dict) else None
@@ -252,16 +264,10 @@ class SegmentWidget(Container):
         }
 
     def _slicing_display_axis(self, layer, source: ImageSource) -> int:
-        if source.volume.ndim == 2:
-            return 0
         plane = self._plane.value
-        if plane != VIEW_PLANE:
-            if source.transform is None:
-                raise ValueError(f"'{layer.name}' has no scanner orientation; use \"{VIEW_PLANE}\" for its slices")
-            return PLANES[plane]
-        offset = self._viewer.dims.ndim - 3
-        sliced = [axis - offset for axis in self._viewer.dims.not_displayed if axis >= offset]
-        return sliced[-1] if sliced else 0
+        if source.volume.ndim == 3 and plane != VIEW_PLANE and source.transform is None:
+            raise ValueError(f"'{layer.name}' has no scanner orientation; use \"{VIEW_PLANE}\" for its slices")
+        return slicing_display_axis(self._viewer, plane, source.volume.ndim)
 
     # ----- callbacks (GUI thread) -------------------------------------------------------------
     def _on_progress(self, value) -> None:
