@@ -84,9 +84,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--window", type=int, default=128, help="model window around the click (pixels)")
+    parser.add_argument("--click-model", default="click", help="the v2 model: bundled name or checkpoint path")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    click = Segmenter(load_model("click"), device="cpu")
+    click = Segmenter(load_model(args.click_model), device="cpu")
     rows = []
     for kind, v1_model in (("phantoms", "phantom"), ("MNI152 structures", "brain")):
         v1 = Segmenter(load_model(v1_model), device="cpu")

@@ -157,7 +157,7 @@ MNI ICBM 2009a T1 (one connected grey- or white-matter region on a slice of any 
 index % 5 == 0 are held out for evaluation). Used by click-to-segment; not by Segment. Data notice: MNI ICBM
 2009a, Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre, Montreal Neurological Institute,
 McGill University (resources/samples/MNI152_NOTICE.txt). Rebuild: `aunet build-model click`."""
-CLICK_STEPS, CLICK_BATCH, CLICK_WINDOW = 900, 8, 128
+CLICK_STEPS, CLICK_BATCH, CLICK_WINDOW = 1500, 8, 128
 
 
 def _components(mask: np.ndarray, rng: np.random.Generator, minimum: int = 30) -> np.ndarray | None:
@@ -191,7 +191,7 @@ def _window_around(plane: np.ndarray, target: np.ndarray, rng: np.random.Generat
 
 
 def click_samples(seed: int = 0, held_out_every: int = 5):
-    """A sampler of (normalised window, object mask) pairs: phantoms and MNI structures, half each."""
+    """A sampler of (normalised window, object mask) pairs: 35 % phantoms, 65 % MNI structures."""
     from .engine.phantoms import generate_phantom
 
     image, labels = mni_tissue()
@@ -199,7 +199,7 @@ def click_samples(seed: int = 0, held_out_every: int = 5):
 
     def sample(rng: np.random.Generator):
         while True:
-            if rng.random() < 0.5:
+            if rng.random() < 0.35:
                 phantom = generate_phantom((CLICK_WINDOW, CLICK_WINDOW), seed=int(rng.integers(2**31)),
                                            lesion_radius=(2.0, 8.0), noise=float(rng.uniform(0.05, 0.25)))
                 wanted = 2 if (phantom.labels == 2).any() and rng.random() < 0.6 else 1
