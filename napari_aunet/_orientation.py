@@ -227,24 +227,23 @@ def display_affine(scale: Sequence[float], translate: Sequence[float]) -> np.nda
     return aff
 
 
-def oblique_angle(affine: np.ndarray, ndim: int = 3) -> float:
-    """Largest angle (degrees) between a file axis and the world axis it is displayed along."""
-    aff = _as_affine(affine)
-    cols = aff[:3, :ndim]
+def _largest_direction_cosines(affine: np.ndarray, ndim: int) -> np.ndarray:
+    """Per file axis, |cosine| of the angle to the world axis it runs closest to (1 = exactly along it)."""
+    cols = _as_affine(affine)[:3, :ndim]
     norms = np.linalg.norm(cols, axis=0)
     norms[norms == 0] = 1.0
-    cosines = np.abs(cols / norms).max(axis=0)
+    return np.abs(cols / norms).max(axis=0)
+
+
+def oblique_angle(affine: np.ndarray, ndim: int = 3) -> float:
+    """Largest angle (degrees) between a file axis and the world axis it is displayed along."""
+    cosines = _largest_direction_cosines(affine, ndim)
     return float(np.degrees(np.arccos(np.clip(cosines, -1.0, 1.0))).max())
 
 
 def is_oblique(affine: np.ndarray, ndim: int = 3) -> bool:
     """True when a direction cosine is more than 1e-3 from +-1 (the rotation is not a permute/flip)."""
-    aff = _as_affine(affine)
-    cols = aff[:3, :ndim]
-    norms = np.linalg.norm(cols, axis=0)
-    norms[norms == 0] = 1.0
-    cosines = np.abs(cols / norms).max(axis=0)
-    return bool(np.any(np.abs(cosines - 1.0) > OBLIQUE_TOL))
+    return bool(np.any(np.abs(_largest_direction_cosines(affine, ndim) - 1.0) > OBLIQUE_TOL))
 
 
 def oblique_message(name: str, affine: np.ndarray, ndim: int = 3) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -41,3 +42,13 @@ def tiny_model_2d() -> AttentionUNet:
 @pytest.fixture(scope="session")
 def tiny_model_3d() -> AttentionUNet:
     return tiny_model(3)
+
+
+def axes_affine(perm, signs, spacing, origin) -> np.ndarray:
+    """File axis i runs along world axis perm[i] (0=R, 1=A, 2=S), direction signs[i], spacing[i] mm."""
+    aff = np.eye(4)
+    aff[:3, :3] = 0.0
+    for i, (w, s, d) in enumerate(zip(perm, signs, spacing, strict=True)):
+        aff[w, i] = s * d
+    aff[:3, 3] = origin
+    return aff

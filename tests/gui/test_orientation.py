@@ -7,6 +7,7 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import axes_affine
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,16 +23,6 @@ from napari_aunet._orientation import (
     oblique_message,
 )
 from napari_aunet.io import Scan
-
-
-def make_affine(perm, signs, spacing, origin) -> np.ndarray:
-    """File axis i runs along world axis perm[i] with direction signs[i] and step spacing[i] mm."""
-    aff = np.eye(4)
-    aff[:3, :3] = 0.0
-    for i, (w, s, d) in enumerate(zip(perm, signs, spacing, strict=True)):
-        aff[w, i] = s * d
-    aff[:3, 3] = origin
-    return aff
 
 
 def world_of_display_voxels(aff: np.ndarray, shape, dt: DisplayTransform) -> np.ndarray:
@@ -63,7 +54,7 @@ axis_setup = st.tuples(
 @given(axis_setup)
 def test_random_permutations_flips_spacings_origins(setup):
     perm, signs, spacing, origin, shape = setup
-    aff = make_affine(perm, signs, spacing, origin)
+    aff = axes_affine(perm, signs, spacing, origin)
     dt = check_placement(aff, shape)
     a = np.random.default_rng(0).random(shape)
     d = dt.to_display(a)
@@ -89,7 +80,7 @@ def test_random_permutations_flips_spacings_origins(setup):
 )
 def test_files_are_shown_on_ras_axes(perm, signs, codes):
     shape = (4, 5, 6)
-    aff = make_affine(perm, signs, (1.0, 2.0, 3.0), (10.0, -20.0, 30.0))
+    aff = axes_affine(perm, signs, (1.0, 2.0, 3.0), (10.0, -20.0, 30.0))
     assert nib.aff2axcodes(aff) == codes
     dt = check_placement(aff, shape)
     # display axis i is the file axis that lies along world axis i
@@ -98,7 +89,7 @@ def test_files_are_shown_on_ras_axes(perm, signs, codes):
 
 
 def test_lps_values_land_on_the_right_display_voxel():
-    aff = make_affine((0, 1, 2), (-1, -1, 1), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    aff = axes_affine((0, 1, 2), (-1, -1, 1), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
     a = np.zeros((3, 4, 5))
     a[0, 0, 0] = 1  # file voxel 0 sits at the most right, most anterior corner
     dt, scale, translate = display_placement(aff, a.shape)
@@ -109,7 +100,7 @@ def test_lps_values_land_on_the_right_display_voxel():
 
 def test_coarser_grid_lines_up_with_the_fine_one():
     """An attention level s times coarser, cell centres at (s-1)/2 voxels, on an LPS scan."""
-    aff = make_affine((1, 2, 0), (-1, 1, -1), (0.8, 1.2, 2.0), (5.0, 7.0, -9.0))
+    aff = axes_affine((1, 2, 0), (-1, 1, -1), (0.8, 1.2, 2.0), (5.0, 7.0, -9.0))
     shape = (8, 12, 6)
     for s in (2, 4):
         grid = np.eye(4)
@@ -126,7 +117,7 @@ def test_coarser_grid_lines_up_with_the_fine_one():
 
 
 def test_two_d_files_use_their_first_two_axes():
-    aff = make_affine((1, 0, 2), (-1, 1, 1), (0.5, 0.25, 3.0), (1.0, 2.0, 3.0))
+    aff = axes_affine((1, 0, 2), (-1, 1, 1), (0.5, 0.25, 3.0), (1.0, 2.0, 3.0))
     dt, scale, translate = display_placement(aff, (4, 6))
     assert dt.axes == (1, 0) and dt.flips == (False, True)
     assert scale == (0.25, 0.5)
@@ -134,7 +125,7 @@ def test_two_d_files_use_their_first_two_axes():
     a = np.arange(24).reshape(4, 6)
     np.testing.assert_array_equal(dt.from_display(dt.to_display(a)), a)
     # a sagittal 2-D image (axes along A and S)
-    sag = make_affine((1, 2, 0), (1, 1, 1), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    sag = axes_affine((1, 2, 0), (1, 1, 1), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
     dt2, _, translate2 = display_placement(sag, (3, 4))
     assert dt2.axes == (0, 1) and len(translate2) == 2
 
@@ -157,7 +148,7 @@ def test_oblique_affine_uses_nearest_axes_and_says_by_how_much():
 
 
 def test_metadata_round_trip_and_file_order():
-    aff = make_affine((2, 0, 1), (1, -1, 1), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    aff = axes_affine((2, 0, 1), (1, -1, 1), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
     shape = (3, 4, 5)
     kwargs = layer_kwargs_for(aff, shape, source="/x/y.nii.gz", format="nifti1")
     meta = kwargs["metadata"]
@@ -179,7 +170,7 @@ def test_metadata_round_trip_and_file_order():
 
 
 def test_layer_kwargs_from_a_scan_with_a_leading_axis():
-    aff = make_affine((0, 1, 2), (-1, 1, 1), (2.0, 2.0, 2.0), (1.0, 2.0, 3.0))
+    aff = axes_affine((0, 1, 2), (-1, 1, 1), (2.0, 2.0, 2.0), (1.0, 2.0, 3.0))
     scan = Scan(data=np.zeros((3, 4, 5, 7)), affine=aff, header="HDR", path=None, format="nifti1")
     kwargs = layer_kwargs_for(scan, leading=1)
     assert kwargs["scale"] == (1.0, 2.0, 2.0, 2.0)

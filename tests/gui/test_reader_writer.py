@@ -7,6 +7,7 @@ import os
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import axes_affine
 from napari.utils.notifications import NotificationSeverity, notification_manager
 
 from napari_aunet._orientation import display_placement, display_transform
@@ -16,16 +17,6 @@ from napari_aunet.io import ScanReadError, load_scan
 
 PLUGIN = "napari-aunet"
 SHAPE = (6, 7, 5)
-
-
-def axes_affine(perm, signs, spacing, origin) -> np.ndarray:
-    """File axis i runs along world axis perm[i] (0=R, 1=A, 2=S), direction signs[i], spacing[i] mm."""
-    aff = np.eye(4)
-    aff[:3, :3] = 0.0
-    for i, (w, s, d) in enumerate(zip(perm, signs, spacing, strict=True)):
-        aff[w, i] = s * d
-    aff[:3, 3] = origin
-    return aff
 
 
 RAS = axes_affine((0, 1, 2), (1, 1, 1), (1.0, 1.5, 2.0), (-10.0, -20.0, -30.0))
