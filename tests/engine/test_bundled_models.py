@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -41,3 +43,22 @@ def test_brain_model_holds_on_a_perturbed_coarser_t1():
     assert [row.level for row in statistics] == [1, 2, 3]
     assert all(0.0 <= row.mass_inside <= 1.0 for row in statistics)
     assert result.attention[2].factor == 2  # named by its level, whatever the resampling
+
+
+def test_brain_model_maps_a_real_t1_it_never_saw_by_tissue_brightness():
+    """nibabel's anatomical.nii (another subject, 2 mm, deep-brain field of view): CSF stays background, the
+    dark-grey nuclei become grey matter and the brightest tissue white matter."""
+    import nibabel as nib
+
+    from napari_aunet.io import load_scan
+
+    scan = load_scan(Path(nib.__file__).parent / "tests" / "data" / "anatomical.nii")
+    labels = Segmenter(load_model("brain"), device="cpu").segment(
+        scan.data, axis=2, spacing=scan.spacing, return_attention=False).labels
+    data = scan.data
+    background, grey, white = (float(data[labels == k].mean()) for k in range(3))
+    assert background < grey < white and white - grey > 0.1 * white
+    assert (labels[data <= np.percentile(data, 5)] == 0).mean() > 0.9  # ventricles
+    assert (labels[data >= np.percentile(data, 80)] == 2).mean() > 0.8
+    middle = (data > np.percentile(data, 20)) & (data < np.percentile(data, 40))
+    assert (labels[middle] == 1).mean() > 0.7
