@@ -25,33 +25,14 @@ import numpy as np
 import torch
 
 from napari_aunet.engine.bundled import load_model
-from napari_aunet.engine.clickmodel import deepest_point, next_click
-from napari_aunet.engine.clicks import Click, ClickSegmenter
+from napari_aunet.engine.clickmodel import random_component
+from napari_aunet.engine.clicks import simulated_click_scores
 from napari_aunet.engine.inference import Segmenter
 from napari_aunet.engine.phantoms import generate_phantom
-from napari_aunet.recipes import _components, mni_tissue
+from napari_aunet.recipes import mni_tissue
 
 ROOT = Path(__file__).resolve().parents[1]
 COUNTS = (1, 3, 5)
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
-
-
-def run_clicks(segmenter: Segmenter, image: np.ndarray, target: np.ndarray, window: int) -> dict[int, float]:
-    """Dice after each of 1..5 simulated clicks on a 2D image."""
-    session = ClickSegmenter(segmenter, image, window=window)
-    current = np.zeros(target.shape, bool)
-    scores, click = {}, (deepest_point(target), True)
-    for count in range(1, max(COUNTS) + 1):
-        if click is not None:
-            update = session.click(current, Click(click[0], click[1]), axis=0)
-            current[update.region] = update.mask
-        if count in COUNTS:
-            scores[count] = dice(current, target)
-        click = next_click(current, target)
-    return scores
 
 
 def objects(kind: str, count: int, rng: np.random.Generator):
@@ -60,7 +41,7 @@ def objects(kind: str, count: int, rng: np.random.Generator):
         for i in range(count * 4):
             phantom = generate_phantom((128, 128), seed=10**9 + i, lesion_radius=(2.0, 8.0))
             wanted = 2 if (phantom.labels == 2).any() and i % 2 else 1
-            target = _components(phantom.labels == wanted, rng, minimum=5)
+            target = random_component(phantom.labels == wanted, rng, minimum=5)
             if target is not None:
                 yield phantom.image, target
                 made += 1
@@ -72,7 +53,7 @@ def objects(kind: str, count: int, rng: np.random.Generator):
         made = 0
         while made < count:
             index = int(rng.choice(held_out))
-            target = _components(labels[:, :, index] == int(rng.integers(1, 3)), rng)
+            target = random_component(labels[:, :, index] == int(rng.integers(1, 3)), rng)
             if target is not None:
                 yield image[:, :, index].astype(np.float32), target
                 made += 1
@@ -95,7 +76,8 @@ def main() -> None:
         rng = np.random.default_rng(args.seed)
         for image, target in objects("phantoms" if kind == "phantoms" else "mni", args.objects, rng):
             for version, segmenter in (("v1", v1), ("v2", click)):
-                for count, value in run_clicks(segmenter, image, target, args.window).items():
+                scores = simulated_click_scores(segmenter, image, target, COUNTS, args.window)
+                for count, (value, _) in scores.items():
                     results[version][count].append(value)
         for version in ("v1", "v2"):
             row = {"data": kind, "version": version, "model": v1_model if version == "v1" else "click",

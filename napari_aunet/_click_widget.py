@@ -51,6 +51,13 @@ class ClickWidget(Container):
         self._points = None
         self._session: tuple | None = None  # (key, ClickSegmenter, ImageSource)
         self.object_id = 1
+        self._state.model_listeners.append(self._on_use_model)
+
+    def _on_use_model(self, name: str) -> None:
+        """A click model fine-tuned in the Fine-tune widget (or reverted to) becomes this widget's model."""
+        if name == "click" or name in self._state.click_models():
+            self._model.reset_choices()
+            self._model.value = name
 
     # ----- set-up -------------------------------------------------------------------------------
     def start(self):

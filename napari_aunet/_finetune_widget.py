@@ -31,10 +31,11 @@ from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import QWidget
 
 from ._orientation import file_order
-from ._segment_widget import CLICK_ONLY, PLANES, VIEW_PLANE, image_source, slicing_display_axis
+from ._segment_widget import PLANES, VIEW_PLANE, image_source, slicing_display_axis
 from ._state import state_for
 from .engine.bundled import BUNDLED_MODELS, load_model
 from .engine.checkpoint import CheckpointError, save_checkpoint
+from .engine.clickmodel import is_click_model
 from .engine.finetune import FineTuneSettings, TrainingPair, iter_fine_tune
 
 
@@ -145,7 +146,7 @@ class FineTuneWidget(Container):
 
     # ----- annotated slices -------------------------------------------------------------------
     def _model_choices(self, widget=None) -> list[str]:
-        return ["default", *(name for name in BUNDLED_MODELS if name not in CLICK_ONLY), *self._state.models]
+        return ["default", *BUNDLED_MODELS, *self._state.models]
 
     def _on_labels_changed(self, layer=None) -> None:
         if layer is not None:
@@ -296,7 +297,8 @@ class FineTuneWidget(Container):
         self._state.use_model(name, self._result)
         self._model.reset_choices()
         self._revert.enabled = True
-        show_info(f"'{name}' is now the model in the Segment widget.")
+        widget = "Click to segment" if is_click_model(self._result.config) else "Segment"
+        show_info(f"'{name}' is now the model in the {widget} widget.")
         return name
 
     def revert(self) -> None:

@@ -147,7 +147,7 @@ class SegmentWidget(Container):
     # ----- models -------------------------------------------------------------------------------
     def _model_choices(self, widget=None) -> list[str]:
         segmentation = [name for name in BUNDLED_MODELS if name not in CLICK_ONLY]
-        return ["default", *segmentation, *self._state.models, FILE_CHOICE]
+        return ["default", *segmentation, *self._state.segmentation_models(), FILE_CHOICE]
 
     def _on_model_changed(self, value) -> None:
         self._checkpoint.visible = value == FILE_CHOICE
@@ -177,9 +177,10 @@ class SegmentWidget(Container):
         return load_model(name)
 
     def select_model(self, name: str) -> None:
-        """Make ``name`` (bundled or in the shared state) the selected model."""
+        """Make ``name`` (bundled or in the shared state) the selected model; click models are not for Segment."""
         self._model.reset_choices()
-        self._model.value = name
+        if name in self._model.choices:
+            self._model.value = name
 
     # ----- running ------------------------------------------------------------------------------
     @property

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .engine.checkpoint import Checkpoint
+from .engine.clickmodel import is_click_model
 
 if TYPE_CHECKING:
     import napari
@@ -56,6 +57,13 @@ class AunetState:
             self.models[name] = checkpoint
         for listener in list(self.model_listeners):
             listener(name)
+
+    def segmentation_models(self) -> list[str]:
+        """Session models that segment a plain scan (not the click-guided ones)."""
+        return [name for name, checkpoint in self.models.items() if not is_click_model(checkpoint.config)]
+
+    def click_models(self) -> list[str]:
+        return [name for name, checkpoint in self.models.items() if is_click_model(checkpoint.config)]
 
     def track_painting(self, layer) -> None:
         """Record the slices the user paints or erases on in ``layer`` (napari's Labels paint event)."""

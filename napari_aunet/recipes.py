@@ -157,41 +157,12 @@ MNI ICBM 2009a T1 (one connected grey- or white-matter region on a slice of any 
 index % 5 == 0 are held out for evaluation). Used by click-to-segment; not by Segment. Data notice: MNI ICBM
 2009a, Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre, Montreal Neurological Institute,
 McGill University (resources/samples/MNI152_NOTICE.txt). Rebuild: `aunet build-model click`."""
-CLICK_STEPS, CLICK_BATCH, CLICK_WINDOW = 1500, 8, 128
-
-
-def _components(mask: np.ndarray, rng: np.random.Generator, minimum: int = 30) -> np.ndarray | None:
-    """One random connected component of a 2D bool mask with at least ``minimum`` pixels, or None."""
-    from .engine.clicks import flood_fill
-
-    remaining = mask.copy()
-    for _ in range(6):
-        points = np.argwhere(remaining)
-        if not len(points):
-            return None
-        seed = tuple(int(v) for v in points[rng.integers(len(points))])
-        component = flood_fill(remaining, seed)
-        if component.sum() >= minimum:
-            return component
-        remaining &= ~component
-    return None
-
-
-def _window_around(plane: np.ndarray, target: np.ndarray, rng: np.random.Generator, size: int):
-    """A ``size`` window of ``plane``/``target`` holding the object's deepest point, jittered; zero-padded."""
-    from .engine.clickmodel import deepest_point
-
-    centre = deepest_point(target, rng)
-    pad = size
-    plane = np.pad(plane, pad)
-    target = np.pad(target, pad)
-    corner = [c + pad - size // 2 + int(rng.integers(-size // 4, size // 4 + 1)) for c in centre]
-    window = tuple(slice(c, c + size) for c in corner)
-    return plane[window], target[window]
+CLICK_STEPS, CLICK_BATCH, CLICK_WINDOW, CLICK_PHANTOM_SHARE = 3000, 8, 128, 0.3
 
 
 def click_samples(seed: int = 0, held_out_every: int = 5):
-    """A sampler of (normalised window, object mask) pairs: 35 % phantoms, 65 % MNI structures."""
+    """A sampler of (normalised window, object mask) pairs: 30 % phantoms, 70 % MNI structures."""
+    from .engine.clickmodel import random_component, window_around
     from .engine.phantoms import generate_phantom
 
     image, labels = mni_tissue()
@@ -199,24 +170,24 @@ def click_samples(seed: int = 0, held_out_every: int = 5):
 
     def sample(rng: np.random.Generator):
         while True:
-            if rng.random() < 0.35:
+            if rng.random() < CLICK_PHANTOM_SHARE:
                 phantom = generate_phantom((CLICK_WINDOW, CLICK_WINDOW), seed=int(rng.integers(2**31)),
                                            lesion_radius=(2.0, 8.0), noise=float(rng.uniform(0.05, 0.25)))
                 wanted = 2 if (phantom.labels == 2).any() and rng.random() < 0.6 else 1
-                target = _components(phantom.labels == wanted, rng, minimum=5)
+                target = random_component(phantom.labels == wanted, rng, minimum=5)
                 if target is None:
                     continue
                 plane = normalize(phantom.image, BRAIN_CONFIG.normalization)
-                return _window_around(plane, target, rng, CLICK_WINDOW)
+                return window_around(plane, target, rng, CLICK_WINDOW)
             axis = int(rng.integers(3))
             index = int(rng.integers(image.shape[axis]))
             if axis == 2 and index % held_out_every == 0:
                 continue
             plane_labels = np.take(labels, index, axis=axis)
-            target = _components(plane_labels == int(rng.integers(1, 3)), rng)
+            target = random_component(plane_labels == int(rng.integers(1, 3)), rng)
             if target is None:
                 continue
-            return _window_around(np.take(normalized, index, axis=axis), target, rng, CLICK_WINDOW)
+            return window_around(np.take(normalized, index, axis=axis), target, rng, CLICK_WINDOW)
 
     return sample
 

@@ -18,6 +18,7 @@ from .config import ModelConfig, Normalization
 from .model import AttentionUNet
 
 CLICK_SIGMA = 3.0
+CLICK_WINDOW = 128  # pixels a side of the window the model sees around the clicks
 CLICK_CHANNELS = 3
 
 
@@ -80,6 +81,49 @@ def next_click(prediction: np.ndarray, target: np.ndarray, rng: np.random.Genera
     return point, bool(positive)
 
 
+def random_component(mask: np.ndarray, rng: np.random.Generator, minimum: int = 30) -> np.ndarray | None:
+    """One random connected component of a 2D bool mask with at least ``minimum`` pixels, or None."""
+    from .clicks import flood_fill
+
+    remaining = mask.copy()
+    for _ in range(6):
+        points = np.argwhere(remaining)
+        if not len(points):
+            return None
+        seed = tuple(int(v) for v in points[rng.integers(len(points))])
+        component = flood_fill(remaining, seed)
+        if component.sum() >= minimum:
+            return component
+        remaining &= ~component
+    return None
+
+
+def object_masks(labels: np.ndarray, minimum: int = 5) -> list[np.ndarray]:
+    """Every connected region of every non-zero id on a 2D label slice, as bool masks (``minimum`` pixels)."""
+    from .clicks import flood_fill
+
+    objects = []
+    for value in np.unique(labels[labels != 0]):
+        remaining = labels == value
+        while remaining.any():
+            component = flood_fill(remaining, tuple(int(v) for v in np.argwhere(remaining)[0]))
+            if component.sum() >= minimum:
+                objects.append(component)
+            remaining &= ~component
+    return objects
+
+
+def window_around(plane: np.ndarray, target: np.ndarray, rng: np.random.Generator, size: int):
+    """A ``size`` window of ``plane``/``target`` holding the object's deepest point, jittered; zero-padded."""
+    centre = deepest_point(target, rng)
+    pad = size
+    plane = np.pad(plane, pad)
+    target = np.pad(target, pad)
+    corner = [c + pad - size // 2 + int(rng.integers(-size // 4, size // 4 + 1)) for c in centre]
+    window = tuple(slice(c, c + size) for c in corner)
+    return plane[window], target[window]
+
+
 def predict_object(model: AttentionUNet, window: np.ndarray, positives, negatives) -> np.ndarray:
     """P(object) on a normalised 2D window given the clicks (window pixel coordinates)."""
     inputs = np.concatenate([window[None], click_maps(window.shape, positives, negatives)])[None]
@@ -95,10 +139,13 @@ def simulated_click_batches(
     batch_size: int,
     seed: int,
     max_extra_clicks: int = 3,
+    single_click_share: float = 0.5,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Batches of (image + click maps, object target) with clicks simulated against the model being trained.
 
-    ``samples(rng)`` returns one (normalised 2D window, bool object mask) pair.
+    ``samples(rng)`` returns one (normalised 2D window, bool object mask) pair. A share ``single_click_share``
+    of the samples carries the first click only (the click a user expects the most from); the others get 1 to
+    ``max_extra_clicks`` corrective clicks.
     """
     rng = np.random.default_rng(seed)
     while True:
@@ -106,7 +153,7 @@ def simulated_click_batches(
         for _ in range(batch_size):
             window, target = samples(rng)
             positives, negatives = [deepest_point(target, rng)], []
-            extra = int(rng.integers(max_extra_clicks + 1))
+            extra = 0 if rng.random() < single_click_share else int(rng.integers(1, max_extra_clicks + 1))
             for _ in range(extra):
                 was_training = model.training
                 model.eval()

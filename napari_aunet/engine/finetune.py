@@ -3,6 +3,11 @@
 A slice counts as annotated when it holds any non-zero label or was marked reviewed; on an annotated slice
 every voxel (background included) is a training target, on the others no voxel is. Part of the annotated
 slices is held out; Dice/IoU per class on them are reported before and after.
+
+A click-guided model (engine.clickmodel) fine-tunes on the objects of the annotated slices: every connected
+region of every label id is an object, clicks are simulated on it against the model being trained (first at
+its deepest point, then on the largest error), and the scores are the objects' Dice/IoU after 1 and 3
+simulated clicks.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .clickmodel import CLICK_WINDOW, is_click_model, object_masks, simulated_click_batches, window_around
 from .config import ModelConfig
 from .inference import CancelFlag, Segmenter, is_cancelled
 from .intensity import check_volume, normalize
@@ -141,6 +147,8 @@ def evaluate(
     if not slices:
         return {"dice": {}, "iou": {}, "mean_dice": float("nan"), "slices": []}
     segmenter = Segmenter(model, device=device)
+    if is_click_model(model.config):
+        return _click_scores(segmenter, image, labels, slices, axis)
     if image.ndim == 2 or model.config.spatial_dims == 3:
         result = segmenter.segment(image, return_attention=False)
         prediction = result.labels
@@ -153,6 +161,62 @@ def evaluate(
     scores = _dice_iou(prediction, target, model.config.class_names)
     scores["slices"] = [int(s) for s in slices]
     return scores
+
+
+CLICK_COUNTS = (1, 3)
+
+
+def _click_scores(segmenter: Segmenter, image: np.ndarray, labels: np.ndarray, slices: Sequence[int],
+                  axis: int) -> dict:
+    """A click model's Dice/IoU over the objects of ``slices`` after 1 and 3 simulated clicks."""
+    from .clicks import simulated_click_scores
+
+    values: dict[int, list[tuple[float, float]]] = {count: [] for count in CLICK_COUNTS}
+    for index in slices:
+        plane = image if image.ndim == 2 else np.take(image, index, axis=axis)
+        plane_labels = labels if labels.ndim == 2 else np.take(labels, index, axis=axis)
+        for target in object_masks(plane_labels):
+            for count, score in simulated_click_scores(segmenter, plane, target, CLICK_COUNTS).items():
+                values[count].append(score)
+    names = {count: f"object, {count} click{'s' if count > 1 else ''}" for count in CLICK_COUNTS}
+    scores = {
+        "dice": {names[c]: float(np.mean([v[0] for v in values[c]])) for c in CLICK_COUNTS if values[c]},
+        "iou": {names[c]: float(np.mean([v[1] for v in values[c]])) for c in CLICK_COUNTS if values[c]},
+        "slices": [int(s) for s in slices],
+    }
+    scores["mean_dice"] = float(np.mean(list(scores["dice"].values()))) if scores["dice"] else float("nan")
+    return scores
+
+
+class _ClickObjects:
+    """Samples (normalised window, object mask) from the objects on the training slices, for a click model."""
+
+    def __init__(self, pairs: list[TrainingPair], slices: dict[int, list[int]], config: ModelConfig) -> None:
+        self.items = []
+        for index, pair in enumerate(pairs):
+            normalized = normalize(pair.image, config.normalization)
+            for s in slices.get(index, []):
+                plane = normalized if normalized.ndim == 2 else np.take(normalized, s, axis=pair.axis)
+                plane_labels = pair.labels if pair.labels.ndim == 2 else np.take(pair.labels, s, axis=pair.axis)
+                self.items.extend((plane, target) for target in object_masks(plane_labels))
+        if not self.items:
+            raise ValueError("no object on the annotated slices: paint or click some objects first")
+
+    def __call__(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        plane, target = self.items[int(rng.integers(len(self.items)))]
+        window, mask = window_around(plane, target, rng, CLICK_WINDOW)
+        for axis in (0, 1):
+            if rng.random() < 0.5:
+                window, mask = np.flip(window, axis), np.flip(mask, axis)
+        return np.ascontiguousarray(window), np.ascontiguousarray(mask)
+
+
+def _set_training_mode(model: AttentionUNet, freeze_batchnorm: bool) -> None:
+    model.train()
+    if freeze_batchnorm:
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
 
 
 def _segment_slices_of(segmenter: Segmenter, volume: np.ndarray, slices: Sequence[int], axis: int) -> np.ndarray:
@@ -272,11 +336,12 @@ def iter_fine_tune(
     weights are kept whatever happens.
     """
     pairs = list(pairs)
+    clicks = is_click_model(model.config)
     for pair in pairs:
         check_volume(np.asarray(pair.image))
         if pair.image.shape != pair.labels.shape:
             raise ValueError(f"image shape {pair.image.shape} and labels shape {pair.labels.shape} differ")
-        if pair.labels.max() >= model.config.out_channels:
+        if not clicks and pair.labels.max() >= model.config.out_channels:
             raise ValueError(
                 f"labels hold value {int(pair.labels.max())} but the model has only {model.config.out_channels} "
                 f"classes ({', '.join(model.config.class_names)})"
@@ -295,13 +360,12 @@ def iter_fine_tune(
         return _merge_scores(per_pair)
 
     before = scores(model)
-    sampler = iter(_SliceSampler(pairs, train_slices, model.config, settings, rng))
     trained = copy.deepcopy(model).to(device)
-    trained.train()
-    if settings.freeze_batchnorm:
-        for module in trained.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                module.eval()
+    if clicks:  # clicks simulated against the model being trained, as when it was built
+        sampler = simulated_click_batches(_ClickObjects(pairs, train_slices, model.config), trained,
+                                          settings.batch_size, settings.seed)
+    else:
+        sampler = iter(_SliceSampler(pairs, train_slices, model.config, settings, rng))
     optimizer = torch.optim.AdamW(trained.parameters(), lr=settings.learning_rate, weight_decay=1e-4)
     result = FineTuneResult(model=model, cancelled=False, steps=0, seconds=0.0, before=before)
     started = time.perf_counter()
@@ -322,6 +386,7 @@ def iter_fine_tune(
         for group in optimizer.param_groups:
             group["lr"] = settings.learning_rate * warmup * 0.5 * (1 + math.cos(math.pi * fraction))
         images, targets = next(sampler)
+        _set_training_mode(trained, settings.freeze_batchnorm)
         images_t, targets_t = torch.from_numpy(images).to(device), torch.from_numpy(targets).to(device)
         logits = trained(images_t)
         loss = masked_loss(logits, targets_t)

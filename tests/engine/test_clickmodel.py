@@ -6,11 +6,16 @@ import numpy as np
 import pytest
 
 from napari_aunet.engine.bundled import load_model
-from napari_aunet.engine.clickmodel import click_maps, deepest_point, is_click_model, next_click
+from napari_aunet.engine.clickmodel import (
+    click_maps,
+    deepest_point,
+    is_click_model,
+    next_click,
+    random_component,
+)
 from napari_aunet.engine.clicks import Click, ClickSegmenter
 from napari_aunet.engine.inference import Segmenter
 from napari_aunet.engine.phantoms import generate_phantom
-from napari_aunet.recipes import _components
 
 
 def test_click_maps_are_gaussian_blobs_per_polarity():
@@ -59,7 +64,7 @@ def test_the_click_model_beats_v1_on_held_out_lesions():
     v1_scores, v2_scores = [], []
     for i in range(8):
         phantom = generate_phantom((128, 128), seed=10**9 + 7 * i, lesion_radius=(2.0, 8.0))
-        target = _components(phantom.labels == (2 if (phantom.labels == 2).any() else 1), rng, minimum=5)
+        target = random_component(phantom.labels == (2 if (phantom.labels == 2).any() else 1), rng, minimum=5)
         if target is None:
             continue
         v1_scores.append(_simulate(v1, phantom.image, target, 3))
