@@ -2,6 +2,8 @@
 
 A slice counts as annotated when the user painted or erased on it (the Labels layer's paint events) or
 marked it reviewed — not because Segment filled it, so the model never retrains on its own output.
+Starting from a click-guided model, the corrected objects are trained on with simulated clicks and the new
+model goes to the Click widget.
 """
 
 from __future__ import annotations

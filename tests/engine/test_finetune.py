@@ -114,3 +114,26 @@ def test_time_budget_stops_training():
     result = fine_tune(load_model("phantom").build_model(), [TrainingPair(phantom.image, phantom.labels)],
                        FineTuneSettings(steps=None, time_budget=1.0, val_fraction=0.0))
     assert 0 < result.steps and result.seconds < 10
+
+
+def test_the_click_model_fine_tunes_on_corrected_objects_with_simulated_clicks(inverted_phantom):
+    """Dark organs on a bright background: the click model has never seen one. Four corrected slices and 40
+    steps of clicks simulated on them make one click on an untouched slice find the organ."""
+    image, truth = inverted_phantom
+    objects = (truth > 0).astype(np.uint8)  # the organ, lesions included, is object 1
+    given = [4, 10, 16, 20]
+    untouched = [s for s in range(image.shape[0]) if s not in given and objects[s].any()]
+    model = load_model("click").build_model()
+    before = evaluate(model, image, objects, untouched)
+    result = fine_tune(model, [TrainingPair(image, _partial(objects, given), axis=0, name="inverted")],
+                       FineTuneSettings(steps=40, learning_rate=1e-3, val_fraction=0.25, seed=0))
+    after = evaluate(result.model, image, objects, untouched)
+    assert set(before["dice"]) == {"object, 1 click", "object, 3 clicks"}
+    assert before["dice"]["object, 1 click"] < 0.3
+    assert after["dice"]["object, 1 click"] > before["dice"]["object, 1 click"] + 0.4
+    assert result.after["mean_dice"] > result.before["mean_dice"]  # the held-out annotated slice too
+    # Frozen BatchNorm stays frozen although the click simulation switches the model to eval and back.
+    original = load_model("click").build_model().state_dict()
+    for name, tensor in result.model.state_dict().items():
+        if name.endswith(("running_mean", "running_var")):
+            torch.testing.assert_close(tensor, original[name], rtol=0, atol=0)

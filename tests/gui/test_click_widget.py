@@ -82,3 +82,54 @@ def test_clicking_without_an_image_is_a_notification(make_napari_viewer, monkeyp
     widget = ClickWidget(viewer)
     viewer.window.add_dock_widget(widget)
     assert widget.start() is None and "Open a scan" in messages[-1]
+
+
+def test_correct_clicked_objects_then_fine_tune_the_click_model(make_napari_viewer, qtbot, tmp_path):
+    """The whole loop for clicks: a click misses a dark organ, the user corrects two slices with the brush,
+    the Fine-tune widget trains the click model on them, and the Click widget uses the new model at once."""
+    from napari_aunet._finetune_widget import FineTuneWidget
+    from napari_aunet._segment_widget import SegmentWidget
+
+    phantom = generate_phantom((24, 64, 64), seed=5, lesions=(3, 5))
+    organ = phantom.labels > 0  # on slices 8-19
+    path = tmp_path / "dark.nii.gz"
+    nib.save(nib.Nifti1Image((-phantom.image).astype(np.float32), np.eye(4)), path)
+    viewer = make_napari_viewer()
+    (image,) = viewer.open(str(path), plugin="napari-aunet")
+    clicks, tune, segment = ClickWidget(viewer), FineTuneWidget(viewer), SegmentWidget(viewer)
+    for widget in (clicks, tune, segment):
+        viewer.window.add_dock_widget(widget)
+    clicks._image.value = image
+    clicks._plane.value = "sagittal"  # display axis 0 = file axis 0 here (identity affine)
+    points = clicks.start()
+    objects = clicks._target.value
+
+    def click_dice(index: int) -> float:
+        before = objects.data.copy()
+        centre = tuple(int(v) for v in np.argwhere(organ[index]).mean(axis=0))
+        points.add((index, *centre))
+        mask = objects.data[index] == clicks.object_id
+        objects.data = before  # measure each click on its own
+        return 2 * (mask & organ[index]).sum() / (mask.sum() + organ[index].sum())
+
+    missed = click_dice(13)
+    assert missed < 0.5
+    for index in (10, 16):  # the corrections: the organ painted as object 1 with the brush
+        coords = np.argwhere(organ[index])
+        objects.data_setitem((np.full(len(coords), index), coords[:, 0], coords[:, 1]), 1)
+        objects.paint((index, *coords[0]), 1)
+    tune.reset_choices()
+    tune._image.value, tune._labels.value, tune._model.value = image, objects, "click"
+    tune._plane.value = "sagittal"
+    assert tune.annotated_display_slices() == [10, 16]
+    tune._steps.value, tune._budget.value, tune._val_fraction.value = 30, 0, 0.0
+    tune.run()
+    qtbot.waitUntil(lambda: not tune.running, timeout=120_000)
+    assert tune._result is not None
+
+    name = tune.use_new_model()
+    assert clicks._model.value == name  # the Click widget switched to the fine-tuned click model
+    assert name not in segment._model.choices  # Segment cannot run a click model: it is not offered
+    tuned = click_dice(13)
+    print(f"one click on slice 13: Dice {missed:.3f} before, {tuned:.3f} after fine-tuning")
+    assert tuned > missed + 0.3
