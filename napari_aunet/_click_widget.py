@@ -15,7 +15,14 @@ from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, c
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_warning
 
-from ._segment_widget import PLANES, VIEW_PLANE, _copy_placement_metadata, image_source, slicing_display_axis
+from ._segment_widget import (
+    PLANES,
+    VIEW_PLANE,
+    _copy_placement_metadata,
+    image_source,
+    show_attention_layers,
+    slicing_display_axis,
+)
 from ._state import state_for
 from .engine.bundled import BUNDLED_MODELS, load_model
 from .engine.checkpoint import CheckpointError
@@ -40,11 +47,15 @@ class ClickWidget(Container):
         self._plane = ComboBox(label="slices", choices=[VIEW_PLANE, *PLANES], value=VIEW_PLANE)
         self._three_d = CheckBox(text="3D: propagate through neighbouring slices", value=False)
         self._negative = CheckBox(text="negative clicks (N)", value=False)
+        self._attention = CheckBox(
+            text="attention layers (click model)", value=False,
+            tooltip="After each click, show each gate's map on the clicked window: where the clicks steer the model",
+        )
         self._start = PushButton(text="Start clicking")
         self._next = PushButton(text="Next object")
         self._status = Label(label="status")
         self.extend([self._image, self._target, self._model, self._plane, self._three_d, self._negative,
-                     self._start, self._next, self._status])
+                     self._attention, self._start, self._next, self._status])
         self._start.clicked.connect(self.start)
         self._next.clicked.connect(self.next_object)
         self._negative.changed.connect(self._on_polarity)
@@ -156,8 +167,11 @@ class ClickWidget(Container):
         file_axis = source.file_axis(display_axis) if source.volume.ndim == 3 else 0
         labels_file = _file_view(target.data, source)
         current = labels_file == self.object_id
+        session.keep_attention = self._attention.value
         update = session.click(current, Click(tuple(file_point), positive), axis=file_axis,
                                three_d=self._three_d.value)
+        if self._attention.value and session.last_attention:
+            show_attention_layers(self._viewer, image, source, session.last_attention, prefix="click ")
         old = labels_file[update.region]
         new = old.copy()
         if positive:

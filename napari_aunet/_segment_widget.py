@@ -334,27 +334,7 @@ class SegmentWidget(Container):
         return new.name
 
     def _show_attention(self, layer, source: ImageSource, result: SegmentationResult) -> dict[int, str]:
-        names = {}
-        for level, attention in result.attention.items():
-            name = attention_layer_name(level, attention.factor)
-            affine = attention.geometry.affine(source.affine)
-            if source.transform is not None:
-                data, placement = placed(attention.data, affine)
-            else:  # shown in its own order: scale and translate straight from the geometry
-                spacing = tuple(layer.scale[-attention.data.ndim :])
-                origin = tuple(layer.translate[-attention.data.ndim :])
-                scale, translate = attention.geometry.world(spacing, origin)
-                data, placement = attention.data, {"scale": scale, "translate": translate}
-            metadata = {"aunet_attention": {"level": level, "factor": attention.factor, "image": layer.name}}
-            existing = self._viewer.layers[name] if name in self._viewer.layers else None
-            if existing is not None and "aunet_attention" in existing.metadata:
-                existing.data = data
-                existing.scale, existing.translate = placement["scale"], placement["translate"]
-                existing.metadata = metadata
-            else:
-                self._viewer.add_image(data, name=name, metadata=metadata, **placement, **attention_appearance())
-            names[level] = name
-        return names
+        return show_attention_layers(self._viewer, layer, source, result.attention)
 
     def _show_probabilities(self, layer, source: ImageSource, result: SegmentationResult) -> None:
         if result.probabilities is None:
@@ -373,6 +353,31 @@ class SegmentWidget(Container):
                 colormap="viridis", contrast_limits=(0.0, 1.0), opacity=0.5, blending="additive", visible=False,
                 metadata={"aunet_probability": class_name},
             )
+
+
+def show_attention_layers(viewer, layer, source: ImageSource, attention: dict, prefix: str = "") -> dict[int, str]:
+    """One image layer per gate level over ``layer`` (replaced in place on re-runs); returns level -> name."""
+    names = {}
+    for level, attention_map in attention.items():
+        name = prefix + attention_layer_name(level, attention_map.factor)
+        affine = attention_map.geometry.affine(source.affine)
+        if source.transform is not None:
+            data, placement = placed(attention_map.data, affine)
+        else:  # shown in its own order: scale and translate straight from the geometry
+            spacing = tuple(layer.scale[-attention_map.data.ndim :])
+            origin = tuple(layer.translate[-attention_map.data.ndim :])
+            scale, translate = attention_map.geometry.world(spacing, origin)
+            data, placement = attention_map.data, {"scale": scale, "translate": translate}
+        metadata = {"aunet_attention": {"level": level, "factor": attention_map.factor, "image": layer.name}}
+        existing = viewer.layers[name] if name in viewer.layers else None
+        if existing is not None and "aunet_attention" in existing.metadata:
+            existing.data = data
+            existing.scale, existing.translate = placement["scale"], placement["translate"]
+            existing.metadata = metadata
+        else:
+            viewer.add_image(data, name=name, metadata=metadata, **placement, **attention_appearance())
+        names[level] = name
+    return names
 
 
 def _copy_placement_metadata(layer) -> dict:

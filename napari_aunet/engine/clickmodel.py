@@ -124,13 +124,22 @@ def window_around(plane: np.ndarray, target: np.ndarray, rng: np.random.Generato
     return plane[window], target[window]
 
 
-def predict_object(model: AttentionUNet, window: np.ndarray, positives, negatives) -> np.ndarray:
-    """P(object) on a normalised 2D window given the clicks (window pixel coordinates)."""
+def predict_object(model: AttentionUNet, window: np.ndarray, positives, negatives,
+                   return_attention: bool = False):
+    """P(object) on a normalised 2D window given the clicks (window pixel coordinates).
+
+    With ``return_attention`` also each gate's map ``{level: (ceil(H/f), ceil(W/f)) float32}``, f = 2**(level-1).
+    """
     inputs = np.concatenate([window[None], click_maps(window.shape, positives, negatives)])[None]
     device = next(model.parameters()).device
     with torch.inference_mode():
-        logits = model(torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)).to(device))
-        return torch.softmax(logits.float(), dim=1)[0, 1].cpu().numpy()
+        output = model(torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)).to(device),
+                       return_attention=return_attention)
+        logits, attention = output if return_attention else (output, {})
+        probability = torch.softmax(logits.float(), dim=1)[0, 1].cpu().numpy()
+    if not return_attention:
+        return probability
+    return probability, {level: psi[0, 0].float().cpu().numpy() for level, psi in attention.items()}
 
 
 def simulated_click_batches(

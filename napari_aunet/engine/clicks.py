@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .clickmodel import CLICK_SIGMA, deepest_point, is_click_model, predict_object
-from .inference import Segmenter
+from .geometry import GridGeometry
+from .inference import AttentionMap, Segmenter
 from .intensity import check_volume, normalize
 
 
@@ -87,6 +88,10 @@ class ClickSegmenter:
         self.depth = int(depth)
         self.prefetch_slices = 8  # 3D: neighbouring slices predicted per batch while propagating
         self._cache: dict[tuple, np.ndarray] = {}
+        # Click models: keep the gate maps of the last clicked slice's window (AttentionMap per level, placed
+        # on the volume's grid) so they can be shown; off by default, it costs a copy per click.
+        self.keep_attention = False
+        self.last_attention: dict[int, AttentionMap] = {}
 
     # ----- model outputs ------------------------------------------------------------------------
     def _window(self, plane_shape: tuple[int, int], centre: tuple[int, int]) -> tuple[slice, slice]:
@@ -208,7 +213,12 @@ class ClickSegmenter:
         anchor = positives[0]
         window = self._window(plane_shape, anchor)
         local = [[(r - window[0].start, c - window[1].start) for r, c in points] for points in (positives, negatives)]
-        probability = predict_object(self.segmenter.model, self._window_of(axis, index, window), *local)
+        pixels = self._window_of(axis, index, window)
+        if self.keep_attention:
+            probability, maps = predict_object(self.segmenter.model, pixels, *local, return_attention=True)
+            self.last_attention = _window_attention(maps, axis if self.volume.ndim == 3 else None, index, window)
+        else:
+            probability = predict_object(self.segmenter.model, pixels, *local)
         inside = probability > 0.5
         seeds = np.zeros(probability.shape, bool)
         rows, cols = np.ogrid[: seeds.shape[0], : seeds.shape[1]]
@@ -258,6 +268,7 @@ class ClickSegmenter:
         region under them and negative clicks remove the part of the object under them.
         """
         started = time.perf_counter()
+        self.last_attention = {}
         point = tuple(int(p) for p in click.point)
         if len(point) != self.volume.ndim or any(not 0 <= p < n for p, n in zip(point, self.volume.shape, strict=True)):
             raise ValueError(f"click {point} is outside the volume of shape {self.volume.shape}")
@@ -321,3 +332,20 @@ def simulated_click_scores(
             scores[count] = (2 * overlap / max(total, 1.0), overlap / max(total - overlap, 1.0))
         click = next_click(current, target)
     return scores
+
+
+def _window_attention(maps: dict[int, np.ndarray], axis: int | None, index: int,
+                      window: tuple[slice, slice]) -> dict[int, AttentionMap]:
+    """Gate maps of one click window as AttentionMaps on the volume's grid: one slice thick along ``axis``
+    (None for a 2D image), each level's cells placed from the window's corner."""
+    placed = {}
+    for level, data in maps.items():
+        factor = 2 ** (level - 1)
+        scale = [float(factor), float(factor)]
+        offset = [w.start + (factor - 1) / 2 for w in window]
+        if axis is not None:
+            data = np.expand_dims(data, axis)
+            scale.insert(axis, 1.0)
+            offset.insert(axis, float(index))
+        placed[level] = AttentionMap(level, data.astype(np.float16), GridGeometry(tuple(scale), tuple(offset)))
+    return placed

@@ -73,6 +73,30 @@ def test_next_object_and_3d_propagation(scene):
     assert widget.object_id == 2 and objects.selected_label == 2
 
 
+def test_click_model_attention_layers_sit_on_the_clicked_window(scene):
+    """With the click model and *attention layers* on, each gate's map of the clicked window is shown, placed
+    over the clicked slice of the (flipped, permuted) scan."""
+    viewer, widget, phantom, image = scene
+    widget._model.value = "click"
+    widget._attention.value = True
+    points = widget.start()
+    organ = phantom.labels[6] > 0
+    centre = tuple(int(v) for v in np.argwhere(organ).mean(axis=0))
+    world = _world_of_file_voxel((6, *centre))
+    points.add(world)
+    names = [layer.name for layer in viewer.layers if layer.name.startswith("click attention")]
+    assert names == ["click attention L1 (1/1)", "click attention L2 (1/2)", "click attention L3 (1/4)"]
+    for name in names:
+        layer = viewer.layers[name]
+        index = np.asarray(layer.world_to_data(world))
+        assert np.all(index > -0.5) and np.all(index < np.asarray(layer.data.shape) - 0.5)  # the click is inside
+        assert layer.data.shape[2] == 1  # one slice thick along S, the clicked slice
+        assert 0.0 <= float(layer.data.min()) and float(layer.data.max()) <= 1.0
+    # A second click replaces the maps instead of stacking new layers.
+    points.add(_world_of_file_voxel((6, centre[0] + 2, centre[1])))
+    assert len([layer for layer in viewer.layers if layer.name.startswith("click attention")]) == 3
+
+
 def test_clicking_without_an_image_is_a_notification(make_napari_viewer, monkeypatch):
     from napari_aunet import _click_widget as module
 
