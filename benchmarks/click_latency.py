@@ -7,8 +7,10 @@ as the widget does it (model on a window around the click, connected component, 
   - 2D cold:   the first click on a slice (the model runs);
   - 2D cached: a second click on the same slice (the model's output is reused);
   - 3D ROI:    a click propagated through up to 24 neighbouring slices each way (models run per slice).
-Models: the bundled `phantom` model (widths 8-64) and, for the size a real-data model has, an untrained
-16-32-64-128 network (latency does not depend on the weights).
+Models: v1 with the bundled `phantom` model (widths 8-64) and, for the size a real-data model has, an
+untrained 16-32-64-128 network (latency does not depend on the weights); v2 with the bundled `click` model
+(16-32-64-128, image + click maps; every click runs the model with all of the object's clicks on the slice,
+so "2D cached" is a second click on the same slice, not a cache hit; 3D runs it once per slice).
 Prints a table and writes benchmarks/results/click_latency.json.
 
     python benchmarks/click_latency.py [--clicks 50] [--threads 2] [--seed 0]
@@ -39,7 +41,8 @@ def models() -> dict[str, AttentionUNet]:
     torch.manual_seed(0)
     wide = ModelConfig(spatial_dims=2, out_channels=3, widths=(16, 32, 64, 128), gated_levels=(1, 2, 3),
                        class_names=("background", "a", "b"), normalization=Normalization(mode="percentile"))
-    return {"phantom (8-64)": load_model("phantom").build_model(), "16-128 untrained": AttentionUNet(wide).eval()}
+    return {"phantom (8-64)": load_model("phantom").build_model(), "16-128 untrained": AttentionUNet(wide).eval(),
+            "click v2 (16-128)": load_model("click").build_model()}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -65,6 +68,7 @@ def main() -> None:
         session.click(np.zeros(t1.shape, bool), Click(points[0]), axis=2)  # warm-up
         for point in points:
             session._cache.clear()
+            session.new_object()
             current = np.zeros(t1.shape, bool)
             for label, three_d in (("2D cold", False), ("2D cached", False)):
                 started = time.perf_counter()
@@ -73,6 +77,7 @@ def main() -> None:
                 current[update.region] = update.mask
         for point in points:
             session._cache.clear()
+            session.new_object()
             started = time.perf_counter()
             session.click(np.zeros(t1.shape, bool), Click(point), axis=2, three_d=True)
             timings["3D ROI"].append(time.perf_counter() - started)

@@ -26,6 +26,7 @@ from ._segment_widget import (
 from ._state import state_for
 from .engine.bundled import BUNDLED_MODELS, load_model
 from .engine.checkpoint import CheckpointError
+from .engine.clickmodel import is_click_model
 from .engine.clicks import Click, ClickSegmenter
 from .engine.inference import Segmenter
 
@@ -44,6 +45,8 @@ class ClickWidget(Container):
         self._model = ComboBox(label="model", choices=lambda w=None: ["click", "default", *(
             name for name in BUNDLED_MODELS if name != "click"), *self._state.models], value="click",
             tooltip="click: the click-guided model (v2); others: a segmentation model + connected component (v1)")
+        self._card = Label(label="about")
+        self._card.native.setWordWrap(True)
         self._plane = ComboBox(label="slices", choices=[VIEW_PLANE, *PLANES], value=VIEW_PLANE)
         self._three_d = CheckBox(text="3D: propagate through neighbouring slices", value=False)
         self._negative = CheckBox(text="negative clicks (N)", value=False)
@@ -54,15 +57,29 @@ class ClickWidget(Container):
         self._start = PushButton(text="Start clicking")
         self._next = PushButton(text="Next object")
         self._status = Label(label="status")
-        self.extend([self._image, self._target, self._model, self._plane, self._three_d, self._negative,
+        self.extend([self._image, self._target, self._model, self._card, self._plane, self._three_d, self._negative,
                      self._attention, self._start, self._next, self._status])
         self._start.clicked.connect(self.start)
         self._next.clicked.connect(self.next_object)
         self._negative.changed.connect(self._on_polarity)
+        self._model.changed.connect(self._show_card)
         self._points = None
         self._session: tuple | None = None  # (key, ClickSegmenter, ImageSource)
         self.object_id = 1
         self._state.model_listeners.append(self._on_use_model)
+        self._show_card(self._model.value)
+
+    def _show_card(self, name: str) -> None:
+        """The model card's first line and what the model is: v2 (click-guided) or v1 (segmentation + component)."""
+        try:
+            checkpoint = self._state.models.get(name) or load_model(name)
+        except CheckpointError as error:
+            self._card.value = str(error)
+            return
+        card = checkpoint.model_card.strip().splitlines()[0] if checkpoint.model_card.strip() else name
+        kind = "v2: predicts the clicked object" if is_click_model(checkpoint.config) else \
+            "v1: the connected region this segmentation model predicts under the click"
+        self._card.value = f"{card}\n{kind}"
 
     def _on_use_model(self, name: str) -> None:
         """A click model fine-tuned in the Fine-tune widget (or reverted to) becomes this widget's model."""

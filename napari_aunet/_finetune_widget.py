@@ -39,6 +39,7 @@ from .engine.bundled import BUNDLED_MODELS, load_model
 from .engine.checkpoint import CheckpointError, save_checkpoint
 from .engine.clickmodel import is_click_model
 from .engine.finetune import FineTuneSettings, TrainingPair, iter_fine_tune
+from .engine.interpolate import interpolate_between_slices
 
 
 class CurvePlot(QWidget):
@@ -114,6 +115,10 @@ class FineTuneWidget(Container):
             tooltip="Off: every slice holding any label counts (including what Segment filled in).",
         )
         self._review = PushButton(text="Mark current slice reviewed")
+        self._fill = PushButton(
+            text="Fill between annotated slices",
+            tooltip="Interpolate each label between consecutive annotated slices (empty voxels only; Ctrl+Z undoes)",
+        )
         self._annotated = Label(label="annotated")
         self._steps = SpinBox(label="steps", value=100, min=1, max=100_000)
         self._budget = SpinBox(label="time budget (s, 0 = none)", value=60, min=0, max=36_000)
@@ -131,7 +136,7 @@ class FineTuneWidget(Container):
         self._status = Label(label="status")
         self._status.native.setWordWrap(True)
         self.extend([
-            self._image, self._labels, self._model, self._plane, self._only_annotated, self._review,
+            self._image, self._labels, self._model, self._plane, self._only_annotated, self._review, self._fill,
             self._annotated, self._steps, self._budget, self._learning_rate, self._val_fraction, self._run,
             self._cancel,
         ])
@@ -139,6 +144,7 @@ class FineTuneWidget(Container):
         self.extend([self._table, self._use, self._revert, self._save_path, self._save, self._status])
         self._labels.changed.connect(self._on_labels_changed)
         self._review.clicked.connect(self.mark_reviewed)
+        self._fill.clicked.connect(self.fill_between)
         self._run.clicked.connect(self.run)
         self._cancel.clicked.connect(self.cancel)
         self._use.clicked.connect(self.use_new_model)
@@ -185,6 +191,32 @@ class FineTuneWidget(Container):
         index = int(round(layer.world_to_data(self._viewer.dims.point)[axis])) if layer.ndim > 2 else 0
         self._state.mark_reviewed(layer, axis, index)
         self._show_annotated()
+
+    def fill_between(self) -> list[int]:
+        """Interpolate the labels between consecutive annotated slices as one undoable edit; returns the slices."""
+        layer = self._labels.value
+        if layer is None:
+            show_warning("Choose the labels layer you corrected first.")
+            return []
+        if layer.ndim != 3:
+            show_warning("Filling between slices needs a 3D labels layer.")
+            return []
+        slices = self.annotated_display_slices()
+        if len(slices) < 2:
+            show_warning("Paint (or mark reviewed) at least two slices with a gap between them first.")
+            return []
+        data = np.asarray(layer.data)
+        filled, done = interpolate_between_slices(data, self._display_axis(layer), slices)
+        changed = np.nonzero(filled != data)
+        if not changed[0].size:
+            self._set_status("nothing to fill: no label is on both sides of a gap")
+            return []
+        layer.data_setitem(changed, filled[changed])  # napari's undoable path: Ctrl+Z on the layer reverts it
+        self._show_annotated()
+        shown = ", ".join(str(s) for s in done[:12]) + (" …" if len(done) > 12 else "")
+        self._set_status(f"filled {len(done)} slice(s): {shown}; they now count as annotated — check them "
+                         "(Ctrl+Z on the labels layer undoes the fill)")
+        return done
 
     # ----- training ---------------------------------------------------------------------------
     @property

@@ -78,6 +78,7 @@ def test_click_model_attention_layers_sit_on_the_clicked_window(scene):
     over the clicked slice of the (flipped, permuted) scan."""
     viewer, widget, phantom, image = scene
     widget._model.value = "click"
+    assert widget._card.value.startswith("click — click-guided") and "v2" in widget._card.value
     widget._attention.value = True
     points = widget.start()
     organ = phantom.labels[6] > 0

@@ -79,3 +79,27 @@ def test_fine_tune_without_annotations_is_a_notification(make_napari_viewer, mon
     tune.reset_choices()
     tune.run()
     assert "no annotated slice" in messages[-1]
+
+
+def test_fill_between_annotated_slices_is_one_undoable_edit(make_napari_viewer):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((9, 40, 40), np.float32), name="scan")
+    labels = viewer.add_labels(np.zeros((9, 40, 40), np.uint8), name="labels")
+    tune = FineTuneWidget(viewer)
+    viewer.window.add_dock_widget(tune)
+    tune.reset_choices()
+    tune._image.value, tune._labels.value = image, labels
+    tune._plane.value = "sagittal"  # display axis 0
+    rows, cols = np.ogrid[:40, :40]
+    for index, radius in ((2, 5), (6, 9)):  # the user paints a disk on slices 2 and 6
+        disk = np.argwhere((rows - 20) ** 2 + (cols - 20) ** 2 <= radius**2)
+        labels.data_setitem((np.full(len(disk), index), disk[:, 0], disk[:, 1]), 1)
+    assert tune.annotated_display_slices() == [2, 6]
+    before = labels.data.copy()
+    assert tune.fill_between() == [3, 4, 5]
+    areas = [int((labels.data[k] == 1).sum()) for k in range(2, 7)]
+    assert areas == sorted(areas) and areas[0] < areas[2] < areas[4]
+    assert not labels.data[[0, 1, 7, 8]].any()  # nothing outside the gap
+    assert tune.annotated_display_slices() == [2, 3, 4, 5, 6]  # the filled slices now count (the user checks them)
+    labels.undo()
+    np.testing.assert_array_equal(labels.data, before)
