@@ -368,7 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--model", default="default", help="bundled model name (default = brain, brain, phantom) or checkpoint path")
     segment.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
     segment.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
-                         help="auto = fp16 autocast on CUDA, fp32 on the CPU")
+                         help="auto = fp16 autocast on CUDA, bf16 on a CPU with native bf16 (AVX512-BF16/AMX), "
+                         "else fp32")
     segment.add_argument("--mode", choices=("2d", "3d"), help="2d slice by slice, 3d sliding window (default: the model's)")
     segment.add_argument("--axis", default="auto",
                          help="slicing axis in 2d mode, in the file's array order (auto = axial, from the affine)")

@@ -22,7 +22,7 @@ def volume():
 
 @pytest.mark.parametrize("axis", [0, 1, 2])
 def test_slicewise_outputs_follow_the_input_shape_and_axis(tiny_model_2d, volume, axis):
-    segmenter = Segmenter(tiny_model_2d, device="cpu", batch_size=4)
+    segmenter = Segmenter(tiny_model_2d, device="cpu", precision="fp32", batch_size=4)
     result = segmenter.segment(volume, mode="2d", axis=axis, return_probabilities=True)
     assert result.labels.shape == volume.shape and result.labels.dtype == np.uint8
     assert result.probabilities.shape == (3, *volume.shape)
@@ -39,7 +39,7 @@ def test_slicewise_outputs_follow_the_input_shape_and_axis(tiny_model_2d, volume
 
 
 def test_slicewise_equals_the_model_on_each_slice(tiny_model_2d, volume):
-    result = Segmenter(tiny_model_2d, device="cpu", batch_size=3).segment(volume, axis=1, return_probabilities=True)
+    result = Segmenter(tiny_model_2d, device="cpu", precision="fp32", batch_size=3).segment(volume, axis=1, return_probabilities=True)
     normalized = normalize(volume, tiny_model_2d.config.normalization)
     with torch.no_grad():
         logits, attention = tiny_model_2d(torch.from_numpy(normalized[:, 7])[None, None], return_attention=True)
@@ -48,14 +48,14 @@ def test_slicewise_equals_the_model_on_each_slice(tiny_model_2d, volume):
 
 
 def test_batch_size_does_not_change_the_result(tiny_model_2d, volume):
-    one = Segmenter(tiny_model_2d, device="cpu", batch_size=1).segment(volume, axis=0)
-    many = Segmenter(tiny_model_2d, device="cpu", batch_size=16).segment(volume, axis=0)
+    one = Segmenter(tiny_model_2d, device="cpu", precision="fp32", batch_size=1).segment(volume, axis=0)
+    many = Segmenter(tiny_model_2d, device="cpu", precision="fp32", batch_size=16).segment(volume, axis=0)
     np.testing.assert_array_equal(one.labels, many.labels)
 
 
 def test_a_2d_image_gives_2d_outputs(tiny_model_2d):
     image = np.random.default_rng(1).random((21, 30)).astype(np.float32)
-    result = Segmenter(tiny_model_2d, device="cpu").segment(image)
+    result = Segmenter(tiny_model_2d, device="cpu", precision="fp32").segment(image)
     assert result.labels.shape == (21, 30)
     assert result.attention[2].data.shape == (11, 15)
     assert result.attention[2].geometry == GridGeometry((2.0, 2.0), (0.5, 0.5))
@@ -63,8 +63,8 @@ def test_a_2d_image_gives_2d_outputs(tiny_model_2d):
 
 def test_windowed_3d_matches_one_big_window(tiny_model_3d):
     volume = np.random.default_rng(2).normal(size=(13, 18, 10)).astype(np.float32)
-    whole = Segmenter(tiny_model_3d, device="cpu").segment(volume, mode="3d", roi_size=32, return_probabilities=True)
-    windows = Segmenter(tiny_model_3d, device="cpu", batch_size=2).segment(
+    whole = Segmenter(tiny_model_3d, device="cpu", precision="fp32").segment(volume, mode="3d", roi_size=32, return_probabilities=True)
+    windows = Segmenter(tiny_model_3d, device="cpu", precision="fp32", batch_size=2).segment(
         volume, mode="3d", roi_size=8, overlap=0.5, return_probabilities=True
     )
     assert windows.labels.shape == volume.shape
@@ -87,7 +87,7 @@ def test_gaussian_weight_peaks_in_the_middle():
 
 def test_progress_and_cancel(tiny_model_2d, volume):
     calls = []
-    Segmenter(tiny_model_2d, device="cpu", batch_size=4).segment(volume, axis=0, progress=lambda d, t: calls.append((d, t)))
+    Segmenter(tiny_model_2d, device="cpu", precision="fp32", batch_size=4).segment(volume, axis=0, progress=lambda d, t: calls.append((d, t)))
     assert calls == [(1, 3), (2, 3), (3, 3)]
 
     flag = threading.Event()
@@ -96,7 +96,7 @@ def test_progress_and_cancel(tiny_model_2d, volume):
         flag.set()
 
     with pytest.raises(Cancelled):
-        Segmenter(tiny_model_2d, device="cpu", batch_size=4).segment(
+        Segmenter(tiny_model_2d, device="cpu", precision="fp32", batch_size=4).segment(
             volume, axis=0, progress=cancel_after_first, cancel=flag
         )
 
@@ -112,14 +112,14 @@ def test_progress_and_cancel(tiny_model_2d, volume):
 )
 def test_bad_volumes_give_plain_messages(tiny_model_2d, bad, message):
     with pytest.raises(BadVolumeError, match=message):
-        Segmenter(tiny_model_2d, device="cpu").segment(bad)
+        Segmenter(tiny_model_2d, device="cpu", precision="fp32").segment(bad)
 
 
 def test_mode_must_fit_the_model(tiny_model_2d, tiny_model_3d):
     with pytest.raises(ValueError, match="2D model"):
-        Segmenter(tiny_model_2d, device="cpu").segment(np.zeros((8, 8, 8)), mode="3d")
+        Segmenter(tiny_model_2d, device="cpu", precision="fp32").segment(np.zeros((8, 8, 8)), mode="3d")
     with pytest.raises(ValueError, match="3D model"):
-        Segmenter(tiny_model_3d, device="cpu").segment(np.zeros((8, 8, 8)), mode="2d")
+        Segmenter(tiny_model_3d, device="cpu", precision="fp32").segment(np.zeros((8, 8, 8)), mode="2d")
     with pytest.raises(BadVolumeError, match="input channels"):
         Segmenter(tiny_model(2, in_channels=3), device="cpu").segment(np.zeros((8, 8)))
 
@@ -158,7 +158,7 @@ def test_grid_geometry_places_a_pooled_delta_on_its_voxel():
 
 
 def test_generator_form_yields_per_batch_and_returns_the_result(tiny_model_2d, volume):
-    steps = Segmenter(tiny_model_2d, device="cpu", batch_size=4).iter_segment(volume, axis=2)
+    steps = Segmenter(tiny_model_2d, device="cpu", precision="fp32", batch_size=4).iter_segment(volume, axis=2)
     seen = []
     try:
         while True:
@@ -168,7 +168,7 @@ def test_generator_form_yields_per_batch_and_returns_the_result(tiny_model_2d, v
     assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
     assert result.labels.shape == volume.shape
     # Closing early (a GUI's cancel) just stops: no result, no error.
-    steps = Segmenter(tiny_model_2d, device="cpu", batch_size=4).iter_segment(volume, axis=2)
+    steps = Segmenter(tiny_model_2d, device="cpu", precision="fp32", batch_size=4).iter_segment(volume, axis=2)
     assert next(steps) == (1, 4)
     steps.close()
 
@@ -182,7 +182,7 @@ def test_a_scan_at_another_spacing_is_resampled_to_the_models_and_mapped_back():
     checkpoint = load_model("phantom")
     model = checkpoint.build_model()
     model.config = dataclasses.replace(model.config, spacing=(1.0, 1.0))  # "trained at 1 mm"
-    segmenter = Segmenter(model, device="cpu")
+    segmenter = Segmenter(model, device="cpu", precision="fp32")
     phantom = generate_phantom((96, 80), seed=4)
     reference = segmenter.segment(phantom.image)
     fine = np.kron(phantom.image, np.ones((2, 2), np.float32))  # the same object at 0.5 mm
