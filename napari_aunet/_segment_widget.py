@@ -32,6 +32,7 @@ from .engine.bundled import BUNDLED_MODELS, load_model
 from .engine.checkpoint import Checkpoint, CheckpointError
 from .engine.geometry import GridGeometry
 from .engine.inference import SegmentationResult, Segmenter
+from .engine.uncertainty import most_uncertain_slice, normalized_entropy
 
 FILE_CHOICE = "checkpoint file…"
 CLICK_ONLY = ("click",)  # bundled models that need clicks as input: for the Click widget only
@@ -124,7 +125,13 @@ class SegmentWidget(Container):
         self._scope = ComboBox(label="run on", choices=["whole volume", "current slice"], value="whole volume")
         self._with_attention = CheckBox(text="attention layers", value=True)
         self._with_probabilities = CheckBox(text="probability layers", value=False)
+        self._with_uncertainty = CheckBox(
+            text="uncertainty layer", value=False,
+            tooltip="Entropy of the class probabilities per voxel; the status names the slice most worth correcting",
+        )
         self._run = PushButton(text="Segment")
+        self._go_uncertain = PushButton(text="Go to the most uncertain slice", visible=False)
+        self.uncertain_slice: tuple[int, int] | None = None  # (display axis, display index)
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._status = Label(label="status")
         self._note = Label(value=ATTENTION_NOTE)
@@ -133,13 +140,14 @@ class SegmentWidget(Container):
         self._status.native.setWordWrap(True)
         self.extend([
             self._image, self._view, self._model, self._checkpoint, self._card, self._device, self._mode, self._plane,
-            self._scope, self._with_attention, self._with_probabilities, self._run, self._cancel, self._status,
-            self._note,
+            self._scope, self._with_attention, self._with_probabilities, self._with_uncertainty, self._run,
+            self._cancel, self._status, self._go_uncertain, self._note,
         ])
         self._model.changed.connect(self._on_model_changed)
         self._mode.changed.connect(lambda value: setattr(self._plane, "enabled", value == "2d"))
         self._run.clicked.connect(self.run)
         self._cancel.clicked.connect(self.cancel)
+        self._go_uncertain.clicked.connect(self.go_to_uncertain_slice)
         self._view.changed.connect(lambda plane: plane in VIEWS and show_plane(self._viewer, plane))
         self._on_model_changed(self._model.value)
         self._state.model_listeners.append(self.select_model)
@@ -252,7 +260,7 @@ class SegmentWidget(Container):
             "axis": file_axis,
             "spacing": spacing,
             "return_attention": self._with_attention.value,
-            "return_probabilities": self._with_probabilities.value,
+            "return_probabilities": self._with_probabilities.value or self._with_uncertainty.value,
         }
         if slice_only is not None:
             options["axis"] = 0
@@ -262,6 +270,8 @@ class SegmentWidget(Container):
         return {
             "layer": layer, "source": source, "segmenter": segmenter, "volume": volume, "options": options,
             "slice_only": slice_only, "model_name": str(self._model.value), "class_names": config.class_names,
+            "probabilities": self._with_probabilities.value, "uncertainty": self._with_uncertainty.value,
+            "display_axis": display_axis if source.volume.ndim == 3 else None,
         }
 
     def _slicing_display_axis(self, layer, source: ImageSource) -> int:
@@ -302,7 +312,9 @@ class SegmentWidget(Container):
             result = _as_volume_slice(result, slice_only, source.volume.shape)
         labels_name = self._show_labels(layer, source, result, slice_only)
         attention_names = self._show_attention(layer, source, result)
-        self._show_probabilities(layer, source, result)
+        uncertain = self._show_uncertainty(layer, source, result, request) if request["uncertainty"] else ""
+        if request["probabilities"]:
+            self._show_probabilities(layer, source, result)
         self._state.runs[layer.name] = SegmentationRun(
             image_layer=layer.name, result=result, file_affine=source.affine, model_name=request["model_name"],
             labels_layer=labels_name, attention_layers=attention_names, slice_only=slice_only,
@@ -310,7 +322,8 @@ class SegmentWidget(Container):
         volumes = class_volumes_ml(result.labels, result.class_names, source.affine)
         where = "current slice" if slice_only else "volume"
         summary = ", ".join(f"{name} {value:.2f} mL" for name, value in volumes.items())
-        self._status.value = f"{where} done in {seconds:.1f} s on {request['segmenter'].device.type}: {summary}"
+        self._status.value = (f"{where} done in {seconds:.1f} s on {request['segmenter'].device.type}: {summary}"
+                              + uncertain)
 
     # ----- layer building ---------------------------------------------------------------------
     def _show_labels(self, layer, source: ImageSource, result: SegmentationResult, slice_only) -> str:
@@ -335,6 +348,43 @@ class SegmentWidget(Container):
 
     def _show_attention(self, layer, source: ImageSource, result: SegmentationResult) -> dict[int, str]:
         return show_attention_layers(self._viewer, layer, source, result.attention)
+
+    def _show_uncertainty(self, layer, source: ImageSource, result: SegmentationResult, request: dict) -> str:
+        """The entropy layer, and the most uncertain slice along the slicing axis (returned as a status suffix)."""
+        if result.probabilities is None:
+            return ""
+        entropy = normalized_entropy(result.probabilities)
+        data = source.transform.to_display(entropy) if source.transform else entropy
+        name = f"{layer.name} uncertainty"
+        if name in self._viewer.layers and "aunet_uncertainty" in self._viewer.layers[name].metadata:
+            self._viewer.layers[name].data = data
+        else:
+            self._viewer.add_image(
+                data, name=name, scale=layer.scale[-data.ndim :], translate=layer.translate[-data.ndim :],
+                colormap="magma", contrast_limits=(0.0, 1.0), opacity=0.6, blending="additive",
+                metadata={"aunet_uncertainty": layer.name},
+            )
+        axis = request["display_axis"]
+        if axis is None or request["slice_only"] is not None:
+            self.uncertain_slice = None
+            self._go_uncertain.visible = False
+            return ""
+        index = most_uncertain_slice(data, axis)
+        self.uncertain_slice = None if index is None else (axis, index)
+        self._go_uncertain.visible = index is not None
+        return "" if index is None else f"; most uncertain slice: {index} (worth correcting next)"
+
+    def go_to_uncertain_slice(self) -> None:
+        if self.uncertain_slice is None:
+            return
+        axis, index = self.uncertain_slice
+        layer = self._image.value
+        if layer is None:
+            return
+        leading = layer.ndim - 3
+        point = [0] * leading + [index if a == axis else 0 for a in range(3)]
+        world = np.asarray(layer.data_to_world(point))
+        self._viewer.dims.set_point(self._viewer.dims.ndim - 3 + axis, float(world[leading + axis]))
 
     def _show_probabilities(self, layer, source: ImageSource, result: SegmentationResult) -> None:
         if result.probabilities is None:

@@ -205,3 +205,26 @@ def test_demo_saves_a_screenshot_of_the_whole_window(tmp_path):
     subprocess.run([str(aunet), "demo", "--screenshot", str(out)], check=True, timeout=300, capture_output=True)
     picture = QImage(str(out))
     assert picture.width() >= 1000 and picture.height() >= 700  # the whole window, docks included
+
+
+def test_uncertainty_layer_points_to_the_slice_most_worth_correcting(make_napari_viewer, qtbot, tmp_path):
+    """File slice 9 (axial, S) is much noisier than the rest: the entropy layer and the status point to it,
+    and the button takes the viewer there."""
+    phantom = generate_phantom((20, 45, 38), seed=11)
+    image = phantom.image.copy()
+    image[9] += np.random.default_rng(0).normal(0, 0.6, image[9].shape).astype(np.float32)
+    path = tmp_path / "noisy.nii.gz"
+    nib.save(nib.Nifti1Image(image, AFFINE), path)
+    viewer = make_napari_viewer()
+    layer = _open(viewer, path)
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget._image.value = layer
+    _segment(widget, qtbot, model="phantom", plane="axial", with_uncertainty=True, with_attention=False)
+    uncertainty = viewer.layers["noisy uncertainty"]
+    assert uncertainty.data.shape == layer.data.shape and float(uncertainty.data.max()) <= 1.0
+    assert "p(organ)" not in viewer.layers  # probabilities were computed, not shown: not asked for
+    assert widget.uncertain_slice == (2, 9)  # display axis 2 = S = file axis 0, not flipped here
+    assert "most uncertain slice: 9" in widget._status.value
+    widget.go_to_uncertain_slice()
+    assert round(layer.world_to_data(viewer.dims.point)[2]) == 9
