@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import nibabel as nib
@@ -87,7 +86,8 @@ def shifted_mni_table(segmenter: Segmenter) -> list[str]:
 
 def screenshot(model: str, path: str, axial_slice: int = 9) -> None:
     import napari
-    from qtpy.QtWidgets import QApplication
+
+    from napari_aunet._demo import save_window, wait_until_done
 
     viewer = napari.Viewer(title="brain model on an unseen T1", show=True)
     viewer.window._qt_window.resize(1300, 800)
@@ -100,10 +100,7 @@ def screenshot(model: str, path: str, axial_slice: int = 9) -> None:
     segment._view.value = "axial"
     segment._with_attention.value = False
     segment.run()
-    deadline = time.monotonic() + 120
-    while segment.running and time.monotonic() < deadline:
-        QApplication.processEvents()
-        time.sleep(0.02)
+    wait_until_done(segment, 120)
     labels = viewer.layers[f"{scan_layer.name} segmentation"]
     labels.opacity = 0.5
     viewer.add_image(scan_layer.data, name=f"{scan_layer.name} (scan only)", **_placement(scan_layer))
@@ -111,11 +108,7 @@ def screenshot(model: str, path: str, axial_slice: int = 9) -> None:
     viewer.grid.enabled, viewer.grid.stride = True, 2
     viewer.dims.set_current_step(2, axial_slice)
     viewer.reset_view()
-    for _ in range(20):
-        QApplication.processEvents()
-        time.sleep(0.02)
-    viewer.screenshot(path, canvas_only=False)
-    viewer.close()
+    save_window(viewer, path)
 
 
 def _placement(layer) -> dict:

@@ -9,15 +9,14 @@ of the clicked window over the scan with the object's contour.
 from __future__ import annotations
 
 import sys
-import time
 
 import numpy as np
 
 
 def main(path: str) -> int:
     import napari
-    from qtpy.QtWidgets import QApplication
 
+    from napari_aunet._demo import save_window
     from napari_aunet._views import show_plane
 
     viewer = napari.Viewer(title="click attention", show=True)
@@ -41,12 +40,8 @@ def main(path: str) -> int:
             layer.visible = "L2" in layer.name
     show_plane(viewer, "axial")
     viewer.dims.set_point(2, float(world[2]))
-    for _ in range(20):
-        QApplication.processEvents()
-        time.sleep(0.02)
-    viewer.screenshot(path, canvas_only=False)
     print(widget._status.value)
-    viewer.close()
+    save_window(viewer, path)
     return 0
 
 

@@ -19,6 +19,7 @@ from ._segment_widget import (
     PLANES,
     VIEW_PLANE,
     _copy_placement_metadata,
+    describe_model,
     image_source,
     show_attention_layers,
     slicing_display_axis,
@@ -76,10 +77,9 @@ class ClickWidget(Container):
         except CheckpointError as error:
             self._card.value = str(error)
             return
-        card = checkpoint.model_card.strip().splitlines()[0] if checkpoint.model_card.strip() else name
         kind = "v2: predicts the clicked object" if is_click_model(checkpoint.config) else \
             "v1: the connected region this segmentation model predicts under the click"
-        self._card.value = f"{card}\n{kind}"
+        self._card.value = f"{describe_model(checkpoint)}\n{kind}"
 
     def _on_use_model(self, name: str) -> None:
         """A click model fine-tuned in the Fine-tune widget (or reverted to) becomes this widget's model."""

@@ -14,7 +14,6 @@ SAMPLE_KEY, SAMPLE = "mni152_t1", "MNI152 T1"
 
 def run_demo(screenshot: str | None = None) -> int:
     import napari
-    from qtpy.QtWidgets import QApplication
 
     viewer = napari.Viewer(title="napari-aunet demo", show=True)
     viewer.window._qt_window.resize(1400, 900)
@@ -30,11 +29,7 @@ def run_demo(screenshot: str | None = None) -> int:
         napari.run()
         return 0
 
-    deadline = time.monotonic() + 300
-    while segment.running and time.monotonic() < deadline:
-        QApplication.processEvents()
-        time.sleep(0.02)
-    if segment.running:
+    if not wait_until_done(segment, 300):
         print("aunet: error: the demo segmentation did not finish in 5 minutes", file=sys.stderr)
         return 1
     compare.reset_choices()
@@ -49,10 +44,28 @@ def run_demo(screenshot: str | None = None) -> int:
     viewer.layers[f"{SAMPLE} segmentation"].contour = 1
     viewer.dims.set_current_step(2, 95)  # an axial slice through the ventricles
     viewer.reset_view()
+    save_window(viewer, screenshot)
+    print(screenshot)
+    return 0
+
+
+def wait_until_done(widget, seconds: float) -> bool:
+    """Run the Qt event loop until ``widget.running`` turns False (True) or ``seconds`` pass (False)."""
+    from qtpy.QtWidgets import QApplication
+
+    deadline = time.monotonic() + seconds
+    while widget.running and time.monotonic() < deadline:
+        QApplication.processEvents()
+        time.sleep(0.02)
+    return not widget.running
+
+
+def save_window(viewer, path: str) -> None:
+    """Let Qt draw, save a screenshot of the whole window to ``path`` and close the viewer."""
+    from qtpy.QtWidgets import QApplication
+
     for _ in range(20):
         QApplication.processEvents()
         time.sleep(0.02)
-    viewer.screenshot(screenshot, canvas_only=False)
+    viewer.screenshot(path, canvas_only=False)
     viewer.close()
-    print(screenshot)
-    return 0

@@ -168,11 +168,7 @@ class SegmentWidget(Container):
 
     @staticmethod
     def _describe(checkpoint: Checkpoint) -> str:
-        config = checkpoint.config
-        card = checkpoint.model_card.strip().splitlines()[0] if checkpoint.model_card.strip() else ""
-        gates = ", ".join(f"L{k}" for k in config.gated_levels) or "none (plain U-Net)"
-        summary = f"{config.spatial_dims}D, classes: {', '.join(config.class_names)}; gates: {gates}"
-        return f"{card}\n{summary}" if card else summary
+        return describe_model(checkpoint)
 
     def _checkpoint_for(self, name: str) -> Checkpoint:
         if name in self._state.models:
@@ -403,6 +399,18 @@ class SegmentWidget(Container):
                 colormap="viridis", contrast_limits=(0.0, 1.0), opacity=0.5, blending="additive", visible=False,
                 metadata={"aunet_probability": class_name},
             )
+
+
+def describe_model(checkpoint: Checkpoint) -> str:
+    """The model card's first sentence, plus dimensions, classes and gates when the card does not name them."""
+    config = checkpoint.config
+    card = " ".join(checkpoint.model_card.split())
+    first = card.split(". ")[0].rstrip(".") + "." if card else ""
+    gates = ", ".join(f"L{k}" for k in config.gated_levels) or "none (plain U-Net)"
+    summary = f"{config.spatial_dims}D, classes: {', '.join(config.class_names)}; gates: {gates}"
+    if first and "classes" in first:
+        return first
+    return f"{first}\n{summary}" if first else summary
 
 
 def show_attention_layers(viewer, layer, source: ImageSource, attention: dict, prefix: str = "") -> dict[int, str]:
