@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._orientation import display_placement
+from .io.tables import label_volumes
 
 ATTENTION_COLORMAP = "inferno"
 ATTENTION_NOTE = (
@@ -57,13 +58,6 @@ def attention_appearance() -> dict:
     }
 
 
-def voxel_volume_ml(affine: np.ndarray, ndim: int) -> float:
-    """Volume of one voxel in mL (cm³) from a file affine in mm (area in mm² for 2D, reported as-is)."""
-    return float(abs(np.linalg.det(np.asarray(affine)[:ndim, :ndim]))) / 1000.0
-
-
 def class_volumes_ml(labels: np.ndarray, class_names: tuple[str, ...], affine: np.ndarray) -> dict[str, float]:
     """Volume of each foreground class in mL."""
-    counts = np.bincount(labels.reshape(-1).astype(np.int64), minlength=len(class_names))
-    per_voxel = voxel_volume_ml(affine, labels.ndim)
-    return {name: float(counts[index]) * per_voxel for index, name in enumerate(class_names) if index > 0}
+    return {row["name"]: row["ml"] for row in label_volumes(labels, affine, class_names)}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton, create_widget
@@ -33,6 +34,7 @@ from .engine.checkpoint import Checkpoint, CheckpointError
 from .engine.geometry import GridGeometry
 from .engine.inference import SegmentationResult, Segmenter
 from .engine.uncertainty import most_uncertain_slice, normalized_entropy
+from .io.tables import label_volumes, save_volumes_csv
 
 FILE_CHOICE = "checkpoint file…"
 CLICK_ONLY = ("click",)  # bundled models that need clicks as input: for the Click widget only
@@ -131,6 +133,9 @@ class SegmentWidget(Container):
         )
         self._run = PushButton(text="Segment")
         self._go_uncertain = PushButton(text="Go to the most uncertain slice", visible=False)
+        self._volumes_path = FileEdit(label="volumes CSV", mode="w", filter="*.csv")
+        self._save_volumes = PushButton(text="Save label volumes (CSV)",
+                                        tooltip="Voxels and mL per class of the segmentation layer, edits included")
         self.uncertain_slice: tuple[int, int] | None = None  # (display axis, display index)
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._status = Label(label="status")
@@ -141,13 +146,14 @@ class SegmentWidget(Container):
         self.extend([
             self._image, self._view, self._model, self._checkpoint, self._card, self._device, self._mode, self._plane,
             self._scope, self._with_attention, self._with_probabilities, self._with_uncertainty, self._run,
-            self._cancel, self._status, self._go_uncertain, self._note,
+            self._cancel, self._status, self._go_uncertain, self._volumes_path, self._save_volumes, self._note,
         ])
         self._model.changed.connect(self._on_model_changed)
         self._mode.changed.connect(lambda value: setattr(self._plane, "enabled", value == "2d"))
         self._run.clicked.connect(self.run)
         self._cancel.clicked.connect(self.cancel)
         self._go_uncertain.clicked.connect(self.go_to_uncertain_slice)
+        self._save_volumes.clicked.connect(lambda: self.save_volumes())
         self._view.changed.connect(lambda plane: plane in VIEWS and show_plane(self._viewer, plane))
         self._on_model_changed(self._model.value)
         self._state.model_listeners.append(self.select_model)
@@ -369,6 +375,28 @@ class SegmentWidget(Container):
         self.uncertain_slice = None if index is None else (axis, index)
         self._go_uncertain.visible = index is not None
         return "" if index is None else f"; most uncertain slice: {index} (worth correcting next)"
+
+    def save_volumes(self, path=None) -> Path | None:
+        """Write voxels and mL per class of the image's segmentation layer (as it is now, edits included)."""
+        layer = self._image.value
+        run = self._state.runs.get(layer.name) if layer is not None else None
+        if run is None or run.labels_layer not in self._viewer.layers:
+            show_warning("Segment the image first: the volumes come from its segmentation layer.")
+            return None
+        path = path or self._volumes_path.value
+        if not path or str(path) in ("", "."):
+            show_warning("Choose where to save the volumes (a .csv file).")
+            return None
+        path = Path(str(path) if str(path).endswith(".csv") else f"{path}.csv")
+        labels_layer = self._viewer.layers[run.labels_layer]
+        data = file_order(np.asarray(labels_layer.data), labels_layer.metadata)
+        try:
+            save_volumes_csv(path, label_volumes(data, run.file_affine, run.result.class_names))
+        except OSError as error:
+            show_error(f"Cannot save the volumes: {error}")
+            return None
+        show_info(f"Saved {path}")
+        return path
 
     def go_to_uncertain_slice(self) -> None:
         if self.uncertain_slice is None:

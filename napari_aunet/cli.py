@@ -72,6 +72,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if not any(str(output).endswith(s) for s in (".nii", ".nii.gz")):
         raise CommandError(f"output '{output}' must end with .nii or .nii.gz")
+    volumes = args.volumes
+    if volumes is not None and not Path(volumes).parent.is_dir():
+        raise CommandError(f"cannot write '{volumes}': folder '{Path(volumes).parent}' does not exist")
     scan = load_scan(args.input)
     volume = _spatial_volume(scan)
     checkpoint = load_model(args.model)
@@ -97,6 +100,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
         folder.mkdir(parents=True, exist_ok=True)
         maps = {level: (m.data, m.geometry.affine(scan.affine)) for level, m in result.attention.items()}
         written += [str(p) for p in save_attention_maps(folder, maps, header=scan.header, file_format=scan.format)]
+    if volumes is not None:
+        from .io.tables import label_volumes, save_volumes_csv
+
+        rows = label_volumes(result.labels, scan.affine, result.class_names)
+        written.append(str(save_volumes_csv(volumes, rows)))
     if not args.quiet:
         counts = {
             name: int((result.labels == index).sum())
@@ -366,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("input", metavar="IN", help="scan to segment (.nii, .nii.gz, .hdr/.img, .mgz)")
     segment.add_argument("-o", "--output", required=True, metavar="OUT", help="label file to write (.nii.gz)")
     segment.add_argument("--model", default="default", help="bundled model name (default = brain, brain, phantom) or checkpoint path")
+    segment.add_argument("--volumes", metavar="CSV", help="also write each class's voxel count and volume in mL")
     segment.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
     segment.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                          help="auto = fp16 autocast on CUDA, bf16 on a CPU with native bf16 (AVX512-BF16/AMX), "

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
+from .._files import write_atomic as _write_atomic
 from .config import ModelConfig
 from .model import AttentionUNet
 
@@ -98,22 +98,11 @@ def save_checkpoint(
 
 
 def write_atomic(path: Path, payload: bytes) -> None:
-    """Write bytes to a temporary file in the target's folder, then rename it over the target."""
-    if not path.parent.is_dir():
-        raise CheckpointError(f"cannot write '{path}': folder '{path.parent}' does not exist")
-    handle, temp_name = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    """Write bytes atomically (temporary file + rename); a missing folder is a :class:`CheckpointError`."""
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temp_name, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is an ordinary file
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(payload)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+        _write_atomic(path, payload)
+    except FileNotFoundError as error:
+        raise CheckpointError(str(error)) from error
 
 
 def _sniff(path: Path) -> str:

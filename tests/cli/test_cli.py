@@ -73,6 +73,21 @@ def test_segment_writes_labels_and_attention_maps_that_align(phantom_file, tmp_p
     assert str(out) in printed
 
 
+def test_segment_writes_label_volumes_in_ml(phantom_file, tmp_path):
+    import csv
+
+    out, table = tmp_path / "seg.nii.gz", tmp_path / "volumes.csv"
+    assert main(["segment", str(phantom_file[0]), "-o", str(out), "--model", "phantom", "--volumes", str(table),
+                 "-q"]) == 0
+    rows = list(csv.DictReader(table.open()))
+    assert [row["name"] for row in rows] == ["organ", "lesion"]
+    labels = load_scan(out).data
+    voxel_ml = 1.5 * 1.0 * 2.0 / 1000  # the phantom's spacing, mm³ -> mL
+    for row in rows:
+        assert int(row["voxels"]) == int((labels == int(row["label"])).sum())
+        assert float(row["ml"]) == pytest.approx(int(row["voxels"]) * voxel_ml, abs=1e-4)
+
+
 def test_auto_axis_slices_axially_in_a_non_ras_file(tmp_path):
     """A file stored as (S, A, R) rows: auto picks axis 0, the superior-inferior one."""
     rng = np.random.default_rng(0)
@@ -110,6 +125,8 @@ def test_info_prints_the_config_as_json(capsys):
          ["--axis", "7"], "--axis 7 does not exist"),
         (lambda p: nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4)), p),
          ["--mode", "3d"], "2D model"),
+        (lambda p: nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4)), p),
+         ["--volumes", "/no/such/folder/v.csv"], "folder '/no/such/folder' does not exist"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, make_input, args, message):

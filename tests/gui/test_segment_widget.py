@@ -228,3 +228,23 @@ def test_uncertainty_layer_points_to_the_slice_most_worth_correcting(make_napari
     assert "most uncertain slice: 9" in widget._status.value
     widget.go_to_uncertain_slice()
     assert round(layer.world_to_data(viewer.dims.point)[2]) == 9
+
+
+def test_label_volumes_csv_counts_the_layer_as_edited(make_napari_viewer, qtbot, phantom_path, tmp_path):
+    import csv
+
+    viewer = make_napari_viewer()
+    image = _open(viewer, phantom_path)
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget._image.value = image
+    _segment(widget, qtbot, model="phantom", plane="axial", with_attention=False)
+    labels = viewer.layers["phantom segmentation"]
+    labels.data_setitem((np.array([0, 0, 0]), np.array([0, 1, 2]), np.array([0, 0, 0])), 2)  # three painted voxels
+    path = widget.save_volumes(tmp_path / "volumes")
+    assert path == tmp_path / "volumes.csv"
+    rows = {row["name"]: row for row in csv.DictReader(path.open())}
+    assert set(rows) == {"organ", "lesion"}
+    assert int(rows["lesion"]["voxels"]) == int((labels.data == 2).sum())  # the edit is counted
+    voxel_ml = abs(np.linalg.det(AFFINE[:3, :3])) / 1000
+    assert float(rows["organ"]["ml"]) == pytest.approx(int(rows["organ"]["voxels"]) * voxel_ml, abs=1e-4)
