@@ -33,7 +33,7 @@ from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import QWidget
 
 from ._orientation import file_order
-from ._segment_widget import PLANES, VIEW_PLANE, image_source, slicing_display_axis
+from ._segment_widget import PLANES, VIEW_PLANE, chosen_path, image_source, slicing_display_axis
 from ._state import state_for
 from .engine.bundled import BUNDLED_MODELS, load_model
 from .engine.checkpoint import CheckpointError, save_checkpoint
@@ -344,11 +344,10 @@ class FineTuneWidget(Container):
         if self._result is None:
             show_warning("Fine-tune first.")
             return None
-        path = path or self._save_path.value
-        if not path or str(path) in ("", "."):
+        path = chosen_path(path or self._save_path.value, ".safetensors")
+        if path is None:
             show_warning("Choose where to save the model.")
             return None
-        path = str(path) if str(path).endswith(".safetensors") else f"{path}.safetensors"
         try:
             save_checkpoint(path, self._result_model, self._result.config, history=self._result.history,
                             provenance=self._result.provenance, model_card=self._result.model_card)

@@ -383,11 +383,10 @@ class SegmentWidget(Container):
         if run is None or run.labels_layer not in self._viewer.layers:
             show_warning("Segment the image first: the volumes come from its segmentation layer.")
             return None
-        path = path or self._volumes_path.value
-        if not path or str(path) in ("", "."):
+        path = chosen_path(path or self._volumes_path.value, ".csv")
+        if path is None:
             show_warning("Choose where to save the volumes (a .csv file).")
             return None
-        path = Path(str(path) if str(path).endswith(".csv") else f"{path}.csv")
         labels_layer = self._viewer.layers[run.labels_layer]
         data = file_order(np.asarray(labels_layer.data), labels_layer.metadata)
         try:
@@ -427,6 +426,13 @@ class SegmentWidget(Container):
                 colormap="viridis", contrast_limits=(0.0, 1.0), opacity=0.5, blending="additive", visible=False,
                 metadata={"aunet_probability": class_name},
             )
+
+
+def chosen_path(value, suffix: str) -> Path | None:
+    """A file name from a FileEdit (or an argument) with ``suffix`` added when missing; None when empty."""
+    if not value or str(value) in ("", "."):
+        return None
+    return Path(str(value) if str(value).endswith(suffix) else f"{value}{suffix}")
 
 
 def describe_model(checkpoint: Checkpoint) -> str:

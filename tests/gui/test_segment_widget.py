@@ -40,13 +40,19 @@ def _segment(widget, qtbot, **choices):
     qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
 
 
-def test_segment_then_compare_end_to_end(make_napari_viewer, qtbot, phantom_path, tmp_path):
+def _segmented(make_napari_viewer, qtbot, path, **choices):
+    """A viewer with ``path`` opened and segmented by the phantom model (axial) through the widget."""
     viewer = make_napari_viewer()
-    image = _open(viewer, phantom_path)
+    image = _open(viewer, path)
     widget = SegmentWidget(viewer)
     viewer.window.add_dock_widget(widget)
     widget._image.value = image
-    _segment(widget, qtbot, model="phantom", plane="axial")
+    _segment(widget, qtbot, model="phantom", plane="axial", **choices)
+    return viewer, image, widget
+
+
+def test_segment_then_compare_end_to_end(make_napari_viewer, qtbot, phantom_path, tmp_path):
+    viewer, image, widget = _segmented(make_napari_viewer, qtbot, phantom_path)
 
     names = [layer.name for layer in viewer.layers]
     assert names == [
@@ -233,12 +239,7 @@ def test_uncertainty_layer_points_to_the_slice_most_worth_correcting(make_napari
 def test_label_volumes_csv_counts_the_layer_as_edited(make_napari_viewer, qtbot, phantom_path, tmp_path):
     import csv
 
-    viewer = make_napari_viewer()
-    image = _open(viewer, phantom_path)
-    widget = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-    widget._image.value = image
-    _segment(widget, qtbot, model="phantom", plane="axial", with_attention=False)
+    viewer, _, widget = _segmented(make_napari_viewer, qtbot, phantom_path, with_attention=False)
     labels = viewer.layers["phantom segmentation"]
     labels.data_setitem((np.array([0, 0, 0]), np.array([0, 1, 2]), np.array([0, 0, 0])), 2)  # three painted voxels
     path = widget.save_volumes(tmp_path / "volumes")
