@@ -28,7 +28,7 @@ from ._layers import (
 )
 from ._orientation import DisplayTransform, file_order
 from ._state import SegmentationRun, state_for
-from ._views import VIEWS, show_plane
+from ._views import CT_WINDOWS, VIEWS, ct_window_limits, looks_like_ct, show_plane
 from .engine.bundled import BUNDLED_MODELS, load_model
 from .engine.checkpoint import Checkpoint, CheckpointError
 from .engine.geometry import GridGeometry
@@ -118,6 +118,8 @@ class SegmentWidget(Container):
         self._image = create_widget(label="image", annotation=Image)
         self._view = ComboBox(label="view", choices=["as opened", *VIEWS], value="as opened",
                               tooltip="Radiological views of scans opened by this plugin (RAS display)")
+        self._window = ComboBox(label="CT window", choices=["as opened", *CT_WINDOWS], value="as opened",
+                                tooltip="Display window presets for CT in Hounsfield units (the image's contrast)")
         self._model = ComboBox(label="model", choices=self._model_choices)
         self._checkpoint = FileEdit(label="checkpoint", filter="*.safetensors", visible=False)
         self._card = Label(label="about")
@@ -144,7 +146,7 @@ class SegmentWidget(Container):
         self._card.native.setWordWrap(True)
         self._status.native.setWordWrap(True)
         self.extend([
-            self._image, self._view, self._model, self._checkpoint, self._card, self._device, self._mode, self._plane,
+            self._image, self._view, self._window, self._model, self._checkpoint, self._card, self._device, self._mode, self._plane,
             self._scope, self._with_attention, self._with_probabilities, self._with_uncertainty, self._run,
             self._cancel, self._status, self._go_uncertain, self._volumes_path, self._save_volumes, self._note,
         ])
@@ -155,6 +157,7 @@ class SegmentWidget(Container):
         self._go_uncertain.clicked.connect(self.go_to_uncertain_slice)
         self._save_volumes.clicked.connect(lambda: self.save_volumes())
         self._view.changed.connect(lambda plane: plane in VIEWS and show_plane(self._viewer, plane))
+        self._window.changed.connect(self.apply_window)
         self._on_model_changed(self._model.value)
         self._state.model_listeners.append(self.select_model)
 
@@ -396,6 +399,22 @@ class SegmentWidget(Container):
             return None
         show_info(f"Saved {path}")
         return path
+
+    def apply_window(self, name: str) -> None:
+        """Set the image layer's contrast to a CT window (``as opened``: back to the data's own range)."""
+        layer = self._image.value
+        if layer is None:
+            return
+        if name not in CT_WINDOWS:
+            layer.reset_contrast_limits()
+            return
+        if not looks_like_ct(layer.data):
+            show_warning(f"'{layer.name}' does not look like a CT in Hounsfield units (no air near -1000 HU); "
+                         "the window may show little.")
+        lower, upper = ct_window_limits(name)
+        low, high = layer.contrast_limits_range
+        layer.contrast_limits_range = (min(low, lower), max(high, upper))
+        layer.contrast_limits = (lower, upper)
 
     def go_to_uncertain_slice(self) -> None:
         if self.uncertain_slice is None:

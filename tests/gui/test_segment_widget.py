@@ -249,3 +249,32 @@ def test_label_volumes_csv_counts_the_layer_as_edited(make_napari_viewer, qtbot,
     assert int(rows["lesion"]["voxels"]) == int((labels.data == 2).sum())  # the edit is counted
     voxel_ml = abs(np.linalg.det(AFFINE[:3, :3])) / 1000
     assert float(rows["organ"]["ml"]) == pytest.approx(int(rows["organ"]["voxels"]) * voxel_ml, abs=1e-4)
+
+
+def test_ct_window_presets_set_the_contrast_in_hounsfield_units(make_napari_viewer, tmp_path, monkeypatch):
+    from napari_aunet import _segment_widget as module
+
+    warnings = []
+    monkeypatch.setattr(module, "show_warning", warnings.append)
+    ct = np.full((6, 40, 40), -1000, np.int16)  # air
+    ct[:, 8:32, 8:32] = 40  # soft tissue
+    ct[:, 18:22, 18:22] = 900  # bone
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(ct, np.eye(4)), path)
+    viewer = make_napari_viewer()
+    layer = _open(viewer, path)
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget._image.value = layer
+    widget._window.value = "lung"
+    assert tuple(layer.contrast_limits) == (-1350.0, 150.0)
+    widget._window.value = "brain"
+    assert tuple(layer.contrast_limits) == (0.0, 80.0)
+    assert not warnings  # this looks like a CT
+    widget._window.value = "as opened"
+    assert tuple(layer.contrast_limits) == (-1000.0, 900.0)
+    mri = viewer.add_image(np.random.default_rng(0).uniform(0, 300, (6, 40, 40)).astype(np.float32), name="t1")
+    widget.reset_choices()
+    widget._image.value = mri
+    widget._window.value = "bone"
+    assert "does not look like a CT" in warnings[-1]
