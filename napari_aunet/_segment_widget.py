@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton, create_widget
-from napari.layers import Image
+from napari.layers import Image, Labels
 from napari.qt.threading import thread_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
@@ -374,7 +374,11 @@ class SegmentWidget(Container):
             self.uncertain_slice = None
             self._go_uncertain.visible = False
             return ""
-        index = most_uncertain_slice(data, axis)
+        corrected = set()  # slices already painted or reviewed in any labels layer over this image: skipped
+        for other in self._viewer.layers:
+            if isinstance(other, Labels) and other.data.shape == data.shape:
+                corrected |= set(self._state.annotated_slices(other, axis))
+        index = most_uncertain_slice(data, axis, exclude=sorted(corrected))
         self.uncertain_slice = None if index is None else (axis, index)
         self._go_uncertain.visible = index is not None
         return "" if index is None else f"; most uncertain slice: {index} (worth correcting next)"

@@ -234,6 +234,10 @@ def test_uncertainty_layer_points_to_the_slice_most_worth_correcting(make_napari
     assert "most uncertain slice: 9" in widget._status.value
     widget.go_to_uncertain_slice()
     assert round(layer.world_to_data(viewer.dims.point)[2]) == 9
+    # Once slice 9 is corrected (here: marked reviewed), the next run points elsewhere.
+    state_for(viewer).mark_reviewed(viewer.layers["noisy segmentation"], 2, 9)
+    _segment(widget, qtbot, model="phantom", plane="axial", with_uncertainty=True, with_attention=False)
+    assert widget.uncertain_slice is not None and widget.uncertain_slice[1] != 9
 
 
 def test_label_volumes_csv_counts_the_layer_as_edited(make_napari_viewer, qtbot, phantom_path, tmp_path):
