@@ -1,4 +1,4 @@
-"""napari reader for NIfTI-1/2 (``.nii``, ``.nii.gz``, ``.hdr/.img``), Analyze and MGH (``.mgh``, ``.mgz``).
+"""napari reader for NIfTI-1/2 (``.nii``, ``.nii.gz``, ``.hdr/.img``), Analyze, MGH (``.mgh``, ``.mgz``) and NRRD (``.nrrd``, ``.nhdr``).
 
 One npe2 reader contribution (``napari-aunet.get_reader``). Every scan is shown on its nearest RAS axes
 (see :mod:`napari_aunet._orientation`): world coordinates are scanner RAS mm, and the placement plus the

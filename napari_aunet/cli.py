@@ -371,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
         "affine. With --attention-dir, also write one NIfTI per gated level (level1.nii.gz = finest), each "
         "at its own resolution with an affine that places it over IN.",
     )
-    segment.add_argument("input", metavar="IN", help="scan to segment (.nii, .nii.gz, .hdr/.img, .mgz)")
+    segment.add_argument("input", metavar="IN", help="scan to segment (.nii, .nii.gz, .hdr/.img, .mgz, .nrrd/.nhdr)")
     segment.add_argument("-o", "--output", required=True, metavar="OUT", help="label file to write (.nii.gz)")
     segment.add_argument("--model", default="default", help="bundled model name (default = brain, brain, phantom) or checkpoint path")
     segment.add_argument("--volumes", metavar="CSV", help="also write each class's voxel count and volume in mL")

@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
-READ_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz", ".hdr", ".img", ".mgz", ".mgh")
+READ_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz", ".hdr", ".img", ".mgz", ".mgh", ".nrrd", ".nhdr")
 
 #: at most this many voxels are inspected by :attr:`Scan.is_label_map`
 _LABEL_SAMPLE_VOXELS = 1_000_000
@@ -116,7 +116,7 @@ class Scan:
     path
         The file it came from, or None.
     format
-        ``"nifti1"``, ``"nifti2"``, ``"analyze"``, ``"mgh"`` or ``"array"``.
+        ``"nifti1"``, ``"nifti2"``, ``"analyze"``, ``"mgh"``, ``"nrrd"`` or ``"array"``.
 
     Equality is identity (``eq=False``): arrays do not compare to a single bool.
     """
@@ -375,13 +375,15 @@ def load_scan(path: str | os.PathLike) -> Scan:
     if p.is_dir():
         raise _read_error(path, "is a directory, not a scan file")
     if not has_suffix(p, READ_SUFFIXES):
-        raise _read_error(path, "unsupported file type (expected .nii, .nii.gz, .hdr/.img, .mgh or .mgz)")
+        raise _read_error(path, "unsupported file type (expected .nii, .nii.gz, .hdr/.img, .mgh, .mgz, .nrrd or .nhdr)")
     try:
         size = p.stat().st_size
     except OSError as exc:
         raise _read_error(path, _load_reason(exc, p)) from exc
     if size == 0:
         raise _read_error(path, "file is empty")
+    if has_suffix(p, (".nrrd", ".nhdr")):
+        return _load_nrrd(p, path)
     if has_suffix(p, (".hdr",)) and _companion(p, ".img") is None:
         raise _read_error(path, f"the image file '{p.stem}.img' that goes with this header is missing")
     if has_suffix(p, (".img",)) and _companion(p, ".hdr") is None:
@@ -434,6 +436,22 @@ def load_scan(path: str | os.PathLike) -> Scan:
     if data.size == 0:
         raise _read_error(path, f"the image is empty (shape {data.shape})")
     return Scan(data=data, affine=affine, header=header, path=p, format=fmt)
+
+
+def _load_nrrd(p: Path, path: str | os.PathLike) -> Scan:
+    from .nrrd import NrrdError, read_nrrd
+
+    try:
+        data, affine = read_nrrd(p)
+    except NrrdError as exc:
+        raise _read_error(path, str(exc)) from exc
+    except (OSError, ValueError) as exc:
+        raise _read_error(path, _load_reason(exc, p)) from exc
+    if data.ndim < 2 or data.ndim > 4:
+        raise _read_error(path, f"{data.ndim}-D data of shape {data.shape} is not supported")
+    if not np.all(np.isfinite(affine)):
+        raise _read_error(path, "the voxel-to-world affine is not finite")
+    return Scan(data=data, affine=affine, header=None, path=p, format="nrrd")
 
 
 def scan_from_array(

@@ -273,6 +273,28 @@ def test_mgz_labels_save_as_nifti(viewer, tmp_path):
     np.testing.assert_array_equal(back.data, labels())
 
 
+def test_nrrd_opens_in_place_and_its_labels_save_as_nifti(viewer, tmp_path):
+    """A 3D Slicer-style LPS NRRD segmentation: placed like the same file as NIfTI, saved back aligned."""
+    data = labels()
+    header = ["NRRD0004", "type: uchar", "dimension: 3", f"sizes: {' '.join(map(str, data.shape))}",
+              "space: left-posterior-superior", "space directions: (1,0,0) (0,1.5,0) (0,0,2)",
+              "space origin: (-10,-20,-30)", "encoding: raw", "endian: little", ""]  # = LPS below
+    path = tmp_path / "seg.nrrd"
+    path.write_bytes(("\n".join(header) + "\n").encode() + data.transpose().astype(np.uint8).tobytes())
+    (layer,) = viewer.open(str(path), plugin=PLUGIN)
+    nib.save(nib.Nifti1Image(data.astype(np.uint8), LPS), str(tmp_path / "twin.nii.gz"))
+    (twin,) = viewer.open(str(tmp_path / "twin.nii.gz"), plugin=PLUGIN, layer_type="labels")
+    np.testing.assert_array_equal(layer.data, twin.data)
+    np.testing.assert_allclose(layer.scale, twin.scale)
+    np.testing.assert_allclose(layer.translate, twin.translate)
+    viewer.layers.selection = {layer}
+    out = tmp_path / "seg.nii.gz"
+    viewer.layers.save(str(out), selected=True, plugin=PLUGIN)
+    back = load_scan(out)
+    np.testing.assert_allclose(back.affine, LPS, atol=1e-6)
+    np.testing.assert_array_equal(back.data, data)
+
+
 @pytest.mark.gui
 def test_layer_without_file_geometry_is_written_in_display_order(viewer, tmp_path):
     drawn = np.zeros((4, 5, 6), dtype=np.int32)
