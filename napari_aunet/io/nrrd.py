@@ -10,6 +10,7 @@ A non-spatial first axis (a vector or colour per voxel, ``space directions`` ``n
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import re
 import zlib
@@ -101,7 +102,7 @@ def read_nrrd(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     else:
         payload = blob[offset:]
     encoding = fields["encoding"].lower()
-    count = int(np.prod(sizes))
+    count = math.prod(sizes)  # Python ints: an absurd header cannot overflow into a small count
     try:
         if encoding in ("gzip", "gz"):
             payload = gzip.decompress(payload)

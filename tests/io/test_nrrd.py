@@ -64,6 +64,7 @@ def test_vector_axis_first_becomes_the_last_axis(tmp_path):
     (lambda blob: blob.replace(b"NRRD0004", b"JUNK0004"), "NRRD magic"),
     (lambda blob: blob.replace(b"type: short", b"type: block"), "voxel type 'block'"),
     (lambda blob: blob.replace(b"space: left-posterior-superior", b"space: 3D-left-handed"), "space"),
+    (lambda blob: blob.replace(b"sizes: 4 4 3", b"sizes: 4000000000 4000000000 3000000000"), "truncated"),
 ])
 def test_damaged_nrrd_is_one_plain_line(tmp_path, damage, message):
     data = np.zeros((4, 4, 3), np.int16)
