@@ -261,7 +261,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise CommandError(f"the labels hold {classes} classes, the model has {config.out_channels}")
     settings = FineTuneSettings(steps=args.steps, time_budget=args.time_budget, learning_rate=learning_rate,
                                 val_fraction=args.val_fraction, seed=args.seed,
-                                freeze_batchnorm=args.init != "none")
+                                freeze_batchnorm=args.init != "none", precision=args.precision)
     report = _progress_printer("train", args.quiet)
     result = fine_tune(model, pairs, settings, device=str(_device(args.device)),
                        progress=(lambda step, total, loss, dice: report(step, total or step)) if report else None)
@@ -422,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop after this much training time")
     train.add_argument("--lr", type=float, help="peak learning rate (default 1e-3 fine-tuning, 3e-3 from scratch)")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                       help="auto = bf16 autocast where the CPU/GPU computes bf16 natively, else fp32")
     train.add_argument("--val-fraction", type=float, default=0.2, help="held-out share of annotated slices")
     train.add_argument("--axis", default="auto", help="slicing axis in file order (auto = axial)")
     train.add_argument("--device", default="auto")

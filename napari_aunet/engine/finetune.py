@@ -12,6 +12,7 @@ simulated clicks.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -23,7 +24,7 @@ import torch
 
 from .clickmodel import CLICK_WINDOW, is_click_model, object_masks, simulated_click_batches, window_around
 from .config import ModelConfig
-from .inference import CancelFlag, Segmenter, is_cancelled
+from .inference import CancelFlag, Segmenter, cpu_has_bf16, is_cancelled
 from .intensity import check_volume, normalize
 from .model import AttentionUNet
 from .training import IGNORE, augment, masked_loss, seed_everything
@@ -62,12 +63,17 @@ class FineTuneSettings:
     seed: int = 0
     freeze_batchnorm: bool = True
     patch_size: int = 64  # 3D models: cubic patches centred on annotated slices
+    # auto: bf16 autocast where the device computes bf16 natively (a CPU with AVX512-BF16/AMX, a bf16 GPU),
+    # else fp32; the loss and the optimiser state stay fp32.
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         if self.steps is None and self.time_budget is None:
             raise ValueError("give a number of steps or a time budget")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"the validation fraction must be in [0, 1), got {self.val_fraction}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"unknown precision {self.precision!r}; use auto, fp32 or bf16")
 
 
 @dataclass
@@ -209,6 +215,17 @@ class _ClickObjects:
             if rng.random() < 0.5:
                 window, mask = np.flip(window, axis), np.flip(mask, axis)
         return np.ascontiguousarray(window), np.ascontiguousarray(mask)
+
+
+def _training_autocast(precision: str, device: torch.device):
+    """The autocast context of a training step (a no-op for fp32)."""
+    if precision == "auto":
+        native = cpu_has_bf16() if device.type == "cpu" else (
+            device.type == "cuda" and torch.cuda.is_bf16_supported())
+        precision = "bf16" if native else "fp32"
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def _set_training_mode(model: AttentionUNet, freeze_batchnorm: bool) -> None:
@@ -388,8 +405,9 @@ def iter_fine_tune(
         images, targets = next(sampler)
         _set_training_mode(trained, settings.freeze_batchnorm)
         images_t, targets_t = torch.from_numpy(images).to(device), torch.from_numpy(targets).to(device)
-        logits = trained(images_t)
-        loss = masked_loss(logits, targets_t)
+        with _training_autocast(settings.precision, images_t.device):
+            logits = trained(images_t)
+        loss = masked_loss(logits.float(), targets_t)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
