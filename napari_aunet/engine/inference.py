@@ -10,6 +10,7 @@ Attention maps stay at their level's native resolution (float16), never upsample
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import threading
 from collections.abc import Callable, Generator
@@ -41,6 +42,7 @@ def is_cancelled(cancel: CancelFlag) -> bool:
     return bool(cancel())
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_has_bf16() -> bool:
     """True when this CPU does bf16 arithmetic natively (AVX512-BF16 or AMX-BF16 in /proc/cpuinfo, Linux)."""
     try:
