@@ -252,7 +252,7 @@ class ClickSegmenter:
                 inner = deepest_point(previous)
                 anchor = (inner[0] + window[0].start, inner[1] + window[1].start)
                 _, grown = self._guided_on_plane(axis, current, [anchor], [])
-                if not (grown & _dilate(previous)).any():
+                if grown.sum() < 5 or not (grown & _dilate(previous)).any():  # a few stray pixels end it too
                     break
                 stack[current - first] = grown
                 previous, current = grown, current + direction

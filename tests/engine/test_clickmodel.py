@@ -71,3 +71,21 @@ def test_the_click_model_beats_v1_on_held_out_lesions():
         v2_scores.append(_simulate(click, phantom.image, target, 3))
     assert np.mean(v2_scores) > np.mean(v1_scores)
     assert np.mean(v2_scores) > 0.7
+
+
+@pytest.mark.slow
+def test_the_click_model_carries_an_organ_through_neighbouring_slices():
+    """v2 in 3D: one click on the middle slice of a phantom organ; pseudo-clicks carry it to the other slices."""
+    from napari_aunet.engine.clicks import segment_clicks
+
+    phantom = generate_phantom((14, 96, 96), seed=7, lesions=(1, 2))
+    organ = phantom.labels > 0
+    centre = tuple(int(v) for v in np.argwhere(organ[7]).mean(axis=0))
+    click = Segmenter(load_model("click"), device="cpu")
+    mask = segment_clicks(click, phantom.image, [Click((7, *centre))], axis=0, three_d=True)
+    with_organ = [i for i in range(14) if organ[i].any()]
+    reached = [i for i in range(14) if mask[i].any()]
+    assert set(reached) <= set(with_organ) and len(reached) >= len(with_organ) - 2
+    assert _dice(mask, organ) > 0.8
+    flat = segment_clicks(click, phantom.image, [Click((7, *centre))], axis=0, three_d=False)
+    assert [i for i in range(14) if flat[i].any()] == [7]
