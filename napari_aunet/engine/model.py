@@ -51,6 +51,9 @@ class AttentionGate(nn.Module):
     ``forward`` returns ``(out, psi)``; ``psi`` has shape ``(N, 1, *x.shape[2:])``.
     """
 
+    # The skip's 1x1 convolution; CoarseAttentionGate makes it a strided 2x2 one.
+    skip_kernel = 1
+
     def __init__(
         self, spatial_dims: int, skip_channels: int, gating_channels: int, inter_channels: int | None = None
     ) -> None:
@@ -58,23 +61,32 @@ class AttentionGate(nn.Module):
         conv, norm = _conv(spatial_dims), _batch_norm(spatial_dims)
         inter_channels = inter_channels or max(skip_channels // 2, 1)
         self.spatial_dims = spatial_dims
-        self.skip_transform = nn.Sequential(conv(skip_channels, inter_channels, kernel_size=1), norm(inter_channels))
+        self.skip_transform = nn.Sequential(
+            conv(skip_channels, inter_channels, kernel_size=self.skip_kernel, stride=self.skip_kernel),
+            norm(inter_channels),
+        )
         self.gating_transform = nn.Sequential(
             conv(gating_channels, inter_channels, kernel_size=1), norm(inter_channels)
         )
         self.psi = nn.Sequential(conv(inter_channels, 1, kernel_size=1), norm(1), nn.Sigmoid())
 
-    def forward(self, x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _mode(self) -> str:
+        return "bilinear" if self.spatial_dims == 2 else "trilinear"
+
+    def coefficients(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """psi at the grid of the transformed skip (``gg`` resized to it when the grids differ)."""
         gx = self.skip_transform(x)
         gg = self.gating_transform(g)
         if gg.shape[2:] != gx.shape[2:]:
-            mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
-            gg = F.interpolate(gg, size=gx.shape[2:], mode=mode, align_corners=False)
-        psi = self.psi(F.relu(gx + gg))
+            gg = F.interpolate(gg, size=gx.shape[2:], mode=self._mode(), align_corners=False)
+        return self.psi(F.relu(gx + gg))
+
+    def forward(self, x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        psi = self.coefficients(x, g)
         return x * psi, psi
 
 
-class CoarseAttentionGate(nn.Module):
+class CoarseAttentionGate(AttentionGate):
     """Oktay et al.'s gate, computed at the coarser grid of the gating signal.
 
     ``gx = BN(Conv2x2 stride 2(x))`` brings the skip to ``g``'s grid, ``gg = BN(Conv1x1(g))``,
@@ -82,26 +94,10 @@ class CoarseAttentionGate(nn.Module):
     align_corners=False) to x's grid; ``out = x * psi``. Returns ``(out, psi at x's grid)``.
     """
 
-    def __init__(self, spatial_dims: int, skip_channels: int, gating_channels: int) -> None:
-        super().__init__()
-        conv, norm = _conv(spatial_dims), _batch_norm(spatial_dims)
-        inter_channels = max(skip_channels // 2, 1)
-        self.spatial_dims = spatial_dims
-        self.skip_transform = nn.Sequential(
-            conv(skip_channels, inter_channels, kernel_size=2, stride=2), norm(inter_channels)
-        )
-        self.gating_transform = nn.Sequential(
-            conv(gating_channels, inter_channels, kernel_size=1), norm(inter_channels)
-        )
-        self.psi = nn.Sequential(conv(inter_channels, 1, kernel_size=1), norm(1), nn.Sigmoid())
+    skip_kernel = 2
 
     def forward(self, x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        gx = self.skip_transform(x)
-        gg = self.gating_transform(g)
-        mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
-        if gg.shape[2:] != gx.shape[2:]:
-            gg = F.interpolate(gg, size=gx.shape[2:], mode=mode, align_corners=False)
-        psi = F.interpolate(self.psi(F.relu(gx + gg)), size=x.shape[2:], mode=mode, align_corners=False)
+        psi = F.interpolate(self.coefficients(x, g), size=x.shape[2:], mode=self._mode(), align_corners=False)
         return x * psi, psi
 
 
