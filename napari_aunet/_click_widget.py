@@ -25,7 +25,7 @@ from ._segment_widget import (
     slicing_display_axis,
 )
 from ._state import state_for
-from .engine.bundled import BUNDLED_MODELS, load_model
+from .engine.bundled import BUNDLED_MODELS
 from .engine.checkpoint import CheckpointError
 from .engine.clickmodel import is_click_model
 from .engine.clicks import Click, ClickSegmenter
@@ -73,7 +73,7 @@ class ClickWidget(Container):
     def _show_card(self, name: str) -> None:
         """The model card's first line and what the model is: v2 (click-guided) or v1 (segmentation + component)."""
         try:
-            checkpoint = self._state.models.get(name) or load_model(name)
+            checkpoint = self._state.checkpoint(name)
         except CheckpointError as error:
             self._card.value = str(error)
             return
@@ -149,7 +149,7 @@ class ClickWidget(Container):
     def _segmenter(self, image) -> tuple[ClickSegmenter, object]:
         key = (id(image), self._model.value)
         if self._session is None or self._session[0] != key:
-            checkpoint = self._state.models.get(self._model.value) or load_model(self._model.value)
+            checkpoint = self._state.checkpoint(self._model.value)
             source = image_source(image, self._viewer)
             session = ClickSegmenter(Segmenter(checkpoint, device="auto"), source.volume)
             self._session = (key, session, source)

@@ -35,7 +35,7 @@ from qtpy.QtWidgets import QWidget
 from ._orientation import file_order
 from ._segment_widget import PLANES, VIEW_PLANE, chosen_path, image_source, slicing_display_axis
 from ._state import state_for
-from .engine.bundled import BUNDLED_MODELS, load_model
+from .engine.bundled import BUNDLED_MODELS
 from .engine.checkpoint import CheckpointError, save_checkpoint
 from .engine.clickmodel import is_click_model
 from .engine.finetune import FineTuneSettings, TrainingPair, iter_fine_tune
@@ -233,7 +233,7 @@ class FineTuneWidget(Container):
             return
         try:
             model_name = self._model.value
-            checkpoint = self._state.models.get(model_name) or load_model(model_name)
+            checkpoint = self._state.checkpoint(model_name)
             pair = self._training_pair(image, labels)
             settings = FineTuneSettings(
                 steps=self._steps.value, time_budget=float(self._budget.value) or None,

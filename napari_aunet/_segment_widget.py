@@ -31,7 +31,6 @@ from ._state import SegmentationRun, state_for
 from ._views import CT_WINDOWS, VIEWS, ct_window_limits, looks_like_ct, show_plane
 from .engine.bundled import BUNDLED_MODELS, load_model
 from .engine.checkpoint import Checkpoint, CheckpointError
-from .engine.geometry import GridGeometry
 from .engine.inference import SegmentationResult, Segmenter
 from .engine.uncertainty import most_uncertain_slice, normalized_entropy
 from .io.tables import label_volumes, save_volumes_csv
@@ -180,14 +179,12 @@ class SegmentWidget(Container):
         return describe_model(checkpoint)
 
     def _checkpoint_for(self, name: str) -> Checkpoint:
-        if name in self._state.models:
-            return self._state.models[name]
         if name == FILE_CHOICE:
             path = self._checkpoint.value
             if not path or str(path) in ("", "."):
                 raise CheckpointError("choose a checkpoint file first")
             return load_model(path)
-        return load_model(name)
+        return self._state.checkpoint(name)
 
     def select_model(self, name: str) -> None:
         """Make ``name`` (bundled or in the shared state) the selected model; click models are not for Segment."""
@@ -505,15 +502,7 @@ def _as_volume_slice(result: SegmentationResult, slice_only: tuple[int, int], sh
     axis, index = slice_only
     labels = np.zeros(shape, dtype=result.labels.dtype)
     labels[(slice(None),) * axis + (index,)] = result.labels
-    attention = {}
-    for level, attention_map in result.attention.items():
-        scale = list(attention_map.geometry.scale)
-        offset = list(attention_map.geometry.offset)
-        scale.insert(axis, 1.0)
-        offset.insert(axis, float(index))
-        attention[level] = type(attention_map)(
-            level, np.expand_dims(attention_map.data, axis), GridGeometry(tuple(scale), tuple(offset))
-        )
+    attention = {level: attention_map.on_slice(axis, index) for level, attention_map in result.attention.items()}
     probabilities = None
     if result.probabilities is not None:
         probabilities = np.zeros((result.probabilities.shape[0], *shape), np.float32)

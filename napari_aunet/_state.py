@@ -58,6 +58,12 @@ class AunetState:
         for listener in list(self.model_listeners):
             listener(name)
 
+    def checkpoint(self, name: str) -> Checkpoint:
+        """A model made in this session by that name, else a bundled model or a checkpoint file."""
+        from .engine.bundled import load_model
+
+        return self.models.get(name) or load_model(name)
+
     def segmentation_models(self) -> list[str]:
         """Session models that segment a plain scan (not the click-guided ones)."""
         return [name for name, checkpoint in self.models.items() if not is_click_model(checkpoint.config)]

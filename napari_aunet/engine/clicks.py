@@ -340,12 +340,8 @@ def _window_attention(maps: dict[int, np.ndarray], axis: int | None, index: int,
     (None for a 2D image), each level's cells placed from the window's corner."""
     placed = {}
     for level, data in maps.items():
-        factor = 2 ** (level - 1)
-        scale = [float(factor), float(factor)]
-        offset = [w.start + (factor - 1) / 2 for w in window]
-        if axis is not None:
-            data = np.expand_dims(data, axis)
-            scale.insert(axis, 1.0)
-            offset.insert(axis, float(index))
-        placed[level] = AttentionMap(level, data.astype(np.float16), GridGeometry(tuple(scale), tuple(offset)))
+        pooled = GridGeometry.pooled(2, 2 ** (level - 1))
+        corner = GridGeometry((1.0, 1.0), tuple(float(w.start) for w in window))
+        attention = AttentionMap(level, data.astype(np.float16), pooled.then(corner))
+        placed[level] = attention if axis is None else attention.on_slice(axis, index)
     return placed

@@ -85,6 +85,13 @@ class AttentionMap:
         """How many times coarser than the model's input grid this level is (2**(level-1))."""
         return 2 ** (self.level - 1)
 
+    def on_slice(self, axis: int, index: int) -> AttentionMap:
+        """This 2D map placed on slice ``index`` along ``axis`` of a volume: one slice thick there."""
+        scale, offset = list(self.geometry.scale), list(self.geometry.offset)
+        scale.insert(axis, 1.0)
+        offset.insert(axis, float(index))
+        return AttentionMap(self.level, np.expand_dims(self.data, axis), GridGeometry(tuple(scale), tuple(offset)))
+
 
 @dataclass
 class SegmentationResult:
