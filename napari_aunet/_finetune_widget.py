@@ -32,14 +32,18 @@ from qtpy.QtCore import QPointF, Qt
 from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import QWidget
 
+from ._layers import layer_class_names
 from ._orientation import file_order
 from ._segment_widget import PLANES, VIEW_PLANE, chosen_path, image_source, slicing_display_axis
 from ._state import state_for
 from .engine.bundled import BUNDLED_MODELS
 from .engine.checkpoint import CheckpointError, save_checkpoint
 from .engine.clickmodel import is_click_model
-from .engine.finetune import FineTuneSettings, TrainingPair, iter_fine_tune
+from .engine.finetune import FineTuneSettings, TrainingPair, fresh_checkpoint, iter_fine_tune
+from .engine.heads import class_names_for_labels
 from .engine.interpolate import interpolate_between_slices
+
+SCRATCH = "none (from scratch)"
 
 
 class CurvePlot(QWidget):
@@ -84,8 +88,9 @@ class CurvePlot(QWidget):
 
 
 @thread_worker(ignore_errors=True)
-def _fine_tune_in_worker(model, pairs, settings):
-    result = yield from iter_fine_tune(model, pairs, settings, device=str(_training_device()))
+def _fine_tune_in_worker(model, pairs, settings, class_names=None):
+    result = yield from iter_fine_tune(model, pairs, settings, device=str(_training_device()),
+                                       class_names=class_names)
     return result
 
 
@@ -120,9 +125,12 @@ class FineTuneWidget(Container):
             tooltip="Interpolate each label between consecutive annotated slices (empty voxels only; Ctrl+Z undoes)",
         )
         self._annotated = Label(label="annotated")
-        self._steps = SpinBox(label="steps", value=100, min=1, max=100_000)
+        self._steps = SpinBox(label="steps (0 = no limit)", value=0, min=0, max=1_000_000)
         self._budget = SpinBox(label="time budget (s, 0 = none)", value=60, min=0, max=36_000)
-        self._learning_rate = FloatSpinBox(label="learning rate", value=1e-3, min=1e-6, max=1.0, step=1e-4)
+        self._learning_rate = FloatSpinBox(
+            label="learning rate", value=0.0, min=0.0, max=1.0, step=1e-4,
+            tooltip="0 = automatic: 3e-3 onto new classes or from scratch, 1e-3 correcting the model's own classes",
+        )
         self._val_fraction = FloatSpinBox(label="validation fraction", value=0.2, min=0.0, max=0.9, step=0.05)
         self._run = PushButton(text="Fine-tune")
         self._cancel = PushButton(text="Cancel", enabled=False)
@@ -154,7 +162,13 @@ class FineTuneWidget(Container):
 
     # ----- annotated slices -------------------------------------------------------------------
     def _model_choices(self, widget=None) -> list[str]:
-        return ["default", *BUNDLED_MODELS, *self._state.models]
+        return ["default", *BUNDLED_MODELS, SCRATCH, *self._state.models]
+
+    def _start_checkpoint(self, name: str):
+        """The chosen model, or for SCRATCH a freshly initialised one of the brain model's architecture."""
+        if name != SCRATCH:
+            return self._state.checkpoint(name)
+        return fresh_checkpoint(self._state.checkpoint("brain"), seed=0)
 
     def _on_labels_changed(self, layer=None) -> None:
         if layer is not None:
@@ -233,11 +247,16 @@ class FineTuneWidget(Container):
             return
         try:
             model_name = self._model.value
-            checkpoint = self._state.checkpoint(model_name)
+            checkpoint = self._start_checkpoint(model_name)
             pair = self._training_pair(image, labels)
+            class_names = None
+            if not is_click_model(checkpoint.config):
+                class_names = class_names_for_labels(int(pair.labels.max()), checkpoint.config.class_names,
+                                                     layer_class_names(labels))
             settings = FineTuneSettings(
-                steps=self._steps.value, time_budget=float(self._budget.value) or None,
-                learning_rate=float(self._learning_rate.value), val_fraction=float(self._val_fraction.value),
+                steps=self._steps.value or None, time_budget=float(self._budget.value) or None,
+                learning_rate=float(self._learning_rate.value) or (3e-3 if model_name == SCRATCH else None),
+                val_fraction=float(self._val_fraction.value), freeze_batchnorm=False if model_name == SCRATCH else None,
             )
         except (ValueError, CheckpointError) as error:
             show_error(f"Cannot fine-tune: {error}")
@@ -245,7 +264,7 @@ class FineTuneWidget(Container):
         self._previous_model = model_name
         self._plot.clear()
         self._progress = progress(total=settings.steps, desc="Fine-tuning")
-        worker = _fine_tune_in_worker(checkpoint.build_model(), [pair], settings)
+        worker = _fine_tune_in_worker(checkpoint.build_model(), [pair], settings, class_names)
         worker.yielded.connect(self._on_step)
         worker.returned.connect(lambda result: self._on_done(result, settings, checkpoint, pair))
         worker.errored.connect(self._on_error)
@@ -253,7 +272,9 @@ class FineTuneWidget(Container):
         worker.finished.connect(self._on_finished)
         self._worker = worker
         self._run.enabled, self._cancel.enabled = False, True
-        self._set_status(f"fine-tuning on {len(pair.reviewed)} slice(s)…")
+        start = "a new network (from scratch)" if model_name == SCRATCH else f"'{model_name}'"
+        classes = f" for {', '.join(class_names[1:])}" if class_names else ""
+        self._set_status(f"fine-tuning {start}{classes} on {len(pair.reviewed)} slice(s)…")
         worker.start()
 
     def _training_pair(self, image, labels) -> TrainingPair:
@@ -314,14 +335,20 @@ class FineTuneWidget(Container):
         provenance = {"image": pair.name, "shape": list(pair.image.shape), "axis": pair.axis,
                       "annotated_slices": list(pair.reviewed), "train_slices": result.train_slices,
                       "validation_slices": result.val_slices, "seed": settings.seed, "init": self._previous_model}
-        self._result = Checkpoint(config=checkpoint.config, state_dict=result.model.state_dict(), history=history,
-                                  provenance=provenance, model_card=f"Fine-tuned from {self._previous_model}.")
+        head = result.head.message(self._previous_model) if result.head is not None else ""
+        card = f"Fine-tuned from {self._previous_model}; classes: {', '.join(result.model.config.class_names[1:])}."
+        self._result = Checkpoint(config=result.model.config, state_dict=result.model.state_dict(), history=history,
+                                  provenance=provenance, model_card=card)
         self._result_model = result.model
         self._use.enabled = self._save.enabled = True
         before, after = result.before.get("mean_dice"), result.after.get("mean_dice")
         change = f"held-out mean Dice {before:.3f} → {after:.3f}" if before is not None and after is not None else \
             "no held-out slice (validation fraction 0 or too few slices)"
-        self._set_status(f"{result.steps} steps in {result.seconds:.0f} s; {change}")
+        kept = f" (weights of step {result.best_step}, best on the held-out slices)" if (
+            result.best_step is not None and result.best_step != result.steps) else ""
+        started = "a new network" if self._previous_model == SCRATCH else f"'{self._previous_model}'"
+        self._set_status(f"from {started}: {result.steps} steps in {result.seconds:.0f} s; {change}{kept}"
+                         + (f"; {head}" if result.head is not None and result.head.changed else ""))
 
     # ----- keep, save, revert ----------------------------------------------------------------
     def use_new_model(self) -> str | None:

@@ -7,6 +7,7 @@ from magicgui.widgets import Container, FileEdit, Label, PushButton, create_widg
 from napari.layers import Labels
 from napari.utils.notifications import show_error, show_info, show_warning
 
+from ._layers import layer_class_names
 from ._segment_widget import chosen_path
 from .io.labeldesc import LabelDescription, LabelFileError, read_label_descriptions, write_label_descriptions
 
@@ -64,7 +65,7 @@ class LabelsWidget(Container):
         if layer is None or path is None:
             show_warning("Choose a labels layer and where to save the label file.")
             return None
-        names = _names(layer)
+        names = layer_class_names(layer)
         values = sorted(({int(v) for v in np.unique(np.asarray(layer.data))} | set(names)) - {0})
         entries = [LabelDescription(0, (0, 0, 0), 0.0, False, False, "Clear Label")]
         for value in values:
@@ -80,12 +81,3 @@ class LabelsWidget(Container):
         self._status.value = f"saved {len(entries) - 1} labels to {path.name}"
         return path
 
-
-def _names(layer) -> dict[int, str]:
-    """Label value -> name from the layer's features (``class`` or ``name`` column, rows by ``index``)."""
-    features = layer.features
-    column = next((c for c in ("class", "name", "label") if c in features.columns), None)
-    if column is None or not len(features):
-        return {}
-    index = features["index"] if "index" in features.columns else range(len(features))
-    return {int(i): str(n) for i, n in zip(index, features[column], strict=True) if str(n)}

@@ -49,6 +49,17 @@ def labels_appearance(class_names: tuple[str, ...]) -> dict:
     }
 
 
+def layer_class_names(layer) -> dict[int, str]:
+    """Label value -> name from a labels layer's features (``class`` or ``name`` column, rows by ``index``),
+    as Segment and the Label names widget set them."""
+    features = layer.features
+    column = next((c for c in ("class", "name", "label") if c in features.columns), None)
+    if column is None or not len(features):
+        return {}
+    index = features["index"] if "index" in features.columns else range(len(features))
+    return {int(i): str(n) for i, n in zip(index, features[column], strict=True) if str(n)}
+
+
 def attention_appearance() -> dict:
     return {
         "colormap": ATTENTION_COLORMAP,

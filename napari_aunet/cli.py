@@ -221,11 +221,25 @@ def _pairs_from_files(images: list[str], labels: list[str], axis: str):
     return pairs, scans
 
 
+def _label_names(path: str | None) -> dict[int, str]:
+    """Label value -> name from an ITK-SNAP label description file (``--label-names``)."""
+    if not path:
+        return {}
+    from .io.labeldesc import LabelFileError, read_label_descriptions
+
+    try:
+        return {entry.value: entry.name for entry in read_label_descriptions(path) if entry.value != 0}
+    except LabelFileError as error:
+        raise CommandError(str(error)) from error
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .engine.bundled import load_model
     from .engine.checkpoint import save_checkpoint
+    from .engine.clickmodel import is_click_model
     from .engine.config import ModelConfig
     from .engine.finetune import FineTuneSettings, fine_tune
+    from .engine.heads import class_names_for_labels
     from .engine.model import AttentionUNet
     from .engine.training import seed_everything
 
@@ -235,16 +249,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.steps is None and args.time_budget is None:
         args.steps = 200
     pairs, scans = _pairs_from_files(args.image, args.labels, args.axis)
-    classes = int(max(int(p.labels.max()) for p in pairs)) + 1
+    highest = int(max(int(p.labels.max()) for p in pairs))
+    names = _label_names(args.label_names)
     seed_everything(args.seed)
     if args.init == "none":
         args.dims = args.dims or 2
         widths = (16, 32, 64, 128) if args.dims == 2 else (8, 16, 32, 64)
         gated = () if args.arch == "unet" else tuple(range(1, len(widths)))
-        config = ModelConfig(spatial_dims=args.dims, out_channels=max(classes, 2), widths=widths,
-                             gated_levels=gated, class_names=tuple(f"class {i}" for i in range(max(classes, 2))))
+        class_names = class_names_for_labels(highest, (), names)
+        config = ModelConfig(spatial_dims=args.dims, out_channels=len(class_names), widths=widths,
+                             gated_levels=gated, class_names=class_names)
         model = AttentionUNet(config)
         learning_rate = args.lr or 3e-3
+        freeze_batchnorm = False
     else:
         checkpoint = load_model(args.init)
         config = checkpoint.config
@@ -256,14 +273,21 @@ def cmd_train(args: argparse.Namespace) -> int:
             config = dataclasses.replace(config, gated_levels=())
         model = AttentionUNet(config)
         model.load_state_dict(checkpoint.state_dict, strict=False)  # gate weights dropped for --arch unet
-        learning_rate = args.lr or 1e-3  # fine-tuning starts lower than training from scratch
-    if classes > config.out_channels:
-        raise CommandError(f"the labels hold {classes} classes, the model has {config.out_channels}")
+        learning_rate = args.lr  # None: 3e-3 for a new head, 1e-3 correcting the model's own classes
+        freeze_batchnorm = None  # frozen when correcting the model's own classes, updated for a new head
+        class_names = class_names_for_labels(highest, config.class_names, names)
+        if is_click_model(config):
+            class_names = None  # a click model's classes are the clicked object's, whatever its label
+    if class_names is not None and class_names != model.config.class_names:
+        kept = [n for n in class_names if n in model.config.class_names]
+        print(f"aunet: {args.init} has classes {', '.join(model.config.class_names)}; the labels hold "
+              f"{', '.join(class_names)}: new output head, encoders, decoders and gates kept"
+              f" (head rows kept for: {', '.join(kept)})", file=sys.stderr)
     settings = FineTuneSettings(steps=args.steps, time_budget=args.time_budget, learning_rate=learning_rate,
                                 val_fraction=args.val_fraction, seed=args.seed,
-                                freeze_batchnorm=args.init != "none", precision=args.precision)
+                                freeze_batchnorm=freeze_batchnorm, precision=args.precision)
     report = _progress_printer("train", args.quiet)
-    result = fine_tune(model, pairs, settings, device=str(_device(args.device)),
+    result = fine_tune(model, pairs, settings, device=str(_device(args.device)), class_names=class_names,
                        progress=(lambda step, total, loss, dice: report(step, total or step)) if report else None)
     provenance = {
         "init": args.init, "arch": args.arch, "seed": args.seed,
@@ -273,7 +297,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         "train_slices": result.train_slices, "validation_slices": result.val_slices,
     }
     save_checkpoint(output, result.model, history=result.history(settings), provenance=provenance,
-                    model_card=f"Trained by `aunet train` from {args.init} on {len(pairs)} image(s).")
+                    model_card=f"Trained by `aunet train` from {args.init} on {len(pairs)} image(s); classes: "
+                    f"{', '.join(result.model.config.class_names[1:])}.")
     print(json.dumps(_json_safe({"output": str(output), "steps": result.steps, "seconds": round(result.seconds, 1),
                                  "before": result.before, "after": result.after}), indent=2))
     return 0
@@ -414,13 +439,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--image", action="append", required=True, help="a scan (repeat with --labels)")
     train.add_argument("--labels", action="append", required=True, help="its label file, same grid")
     train.add_argument("-o", "--output", required=True, help="checkpoint to write (.safetensors)")
-    train.add_argument("--init", default="default", help="start from a bundled model or checkpoint, or none")
+    train.add_argument("--init", default="default",
+                       help="start from a bundled model or checkpoint, or none; labels with other classes than "
+                       "the model's get a new output head (encoders, decoders and gates kept)")
+    train.add_argument("--label-names", metavar="FILE",
+                       help="ITK-SNAP label description file naming the label values (the classes the model keeps)")
     train.add_argument("--arch", choices=("attention", "unet"), default="attention",
                        help="unet = the same network with every gate off")
     train.add_argument("--dims", type=int, choices=(2, 3), help="2D or 3D network (default: the init model's, or 2)")
     train.add_argument("--steps", type=int, help="training steps (default 200)")
     train.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop after this much training time")
-    train.add_argument("--lr", type=float, help="peak learning rate (default 1e-3 fine-tuning, 3e-3 from scratch)")
+    train.add_argument("--lr", type=float, help="peak learning rate (default 3e-3 from scratch or onto new classes, "
+                       "1e-3 correcting the model's own classes)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                        help="auto = bf16 autocast where the CPU/GPU computes bf16 natively, else fp32")

@@ -95,3 +95,35 @@ def test_train_refuses_mismatched_files(files, tmp_path, capsys):
     assert main(["train", "--image", str(image), "--labels", str(small), "-o", str(tmp_path / "m.safetensors")]) == 2
     assert "has shape (8, 8, 8)" in capsys.readouterr().err
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_train_from_brain_on_other_classes_keeps_their_names(files, capsys, tmp_path):
+    """Labels with classes the brain model lacks: a new head, the names from an ITK-SNAP file, one line said."""
+    folder, image, labels, _ = files
+    painted = np.asarray(nib.load(labels).dataobj).astype(np.uint8)
+    painted[20:24, 20:24][painted[20:24, 20:24] == 1] = 3  # a third structure the brain model has no class for
+    many = tmp_path / "three_structures.nii.gz"
+    nib.save(nib.Nifti1Image(painted, nib.load(labels).affine), many)
+    names = tmp_path / "names.txt"
+    names.write_text('0 0 0 0 0 0 0 "Clear Label"\n1 255 0 0 1 1 1 "liver"\n2 0 255 0 1 1 1 "lesion"\n'
+                     '3 0 0 255 1 1 1 "vessel"\n')
+    model = tmp_path / "structures.safetensors"
+    assert main(["train", "--image", str(image), "--labels", str(many), "-o", str(model), "--init", "brain",
+                 "--label-names", str(names), "--steps", "3", "-q"]) == 0
+    captured = capsys.readouterr()
+    assert "new output head" in captured.err and "grey matter" in captured.err
+    assert "liver" in json.loads(captured.out)["after"]["dice"]
+    checkpoint = load_checkpoint(model)
+    assert checkpoint.config.class_names == ("background", "liver", "lesion", "vessel")
+    assert checkpoint.build_model().head.out_channels == 4
+    assert main(["info", str(model)]) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["class_names"][1:] == ["liver", "lesion", "vessel"]
+
+
+def test_train_refuses_a_damaged_label_names_file(files, tmp_path, capsys):
+    folder, image, labels, _ = files
+    junk = tmp_path / "junk.txt"
+    junk.write_text("this is not a label file\n")
+    assert main(["train", "--image", str(image), "--labels", str(labels), "-o", str(tmp_path / "m.safetensors"),
+                 "--init", "brain", "--label-names", str(junk), "--steps", "1", "-q"]) != 0
+    assert "junk.txt" in capsys.readouterr().err and not (tmp_path / "m.safetensors").exists()

@@ -75,7 +75,7 @@ def test_partial_labels_do_not_teach_background(inverted_phantom):
     image, truth = inverted_phantom
     given = [4, 10, 16, 20]
     untouched = [s for s in range(image.shape[0]) if s not in given and truth[s].any()]
-    settings = FineTuneSettings(steps=60, learning_rate=3e-3, val_fraction=0.0)
+    settings = FineTuneSettings(steps=60, learning_rate=1e-3, val_fraction=0.0, batch_size=8, foreground_share=0.0)
     partial = fine_tune(load_model("phantom").build_model(), [TrainingPair(image, _partial(truth, given))], settings)
     # The same labels, but every other slice "reviewed" as empty: background taught everywhere else.
     everything_reviewed = TrainingPair(image, _partial(truth, given), reviewed=tuple(range(image.shape[0])))
@@ -103,8 +103,9 @@ def test_bad_training_input_is_refused_plainly(inverted_phantom):
     model = load_model("phantom").build_model()
     with pytest.raises(ValueError, match="no annotated slice"):
         fine_tune(model, [TrainingPair(image, np.zeros_like(truth))], FineTuneSettings(steps=2))
-    with pytest.raises(ValueError, match="only 3 classes"):
-        fine_tune(model, [TrainingPair(image, np.full_like(truth, 7))], FineTuneSettings(steps=2))
+    with pytest.raises(ValueError, match="only 3 class names are given"):
+        fine_tune(model, [TrainingPair(image, np.full_like(truth, 7))], FineTuneSettings(steps=2),
+                  class_names=("background", "organ", "lesion"))
     with pytest.raises(ValueError, match="steps or a time budget"):
         FineTuneSettings(steps=None, time_budget=None)
 
@@ -176,3 +177,42 @@ def test_bf16_fine_tuning_learns_as_well_as_fp32(inverted_phantom):
     assert abs(scores["bf16"] - scores["fp32"]) < 0.03, scores
     with pytest.raises(ValueError, match="unknown precision"):
         FineTuneSettings(precision="fp8")
+
+
+def _small_structure_phantom(seed: int = 0, shape=(12, 160, 160), count: int = 8):
+    """A big organ holding thin tubes (radius 1.5-2.5 px, 0.4 % of a slice) that run through every slice."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.meshgrid(*(np.arange(n, dtype=np.float32) for n in shape), indexing="ij", sparse=True)
+    labels = np.zeros(shape, np.uint8)
+    labels[np.broadcast_to(((y - 80) / 60) ** 2 + ((x - 80) / 55) ** 2 < 1, shape)] = 1
+    for _ in range(count):
+        (cy, cx), (dy, dx), radius = rng.uniform(45, 115, 2), rng.uniform(-0.6, 0.6, 2), rng.uniform(1.5, 2.5)
+        tube = (y - cy - dy * z) ** 2 + (x - cx - dx * z) ** 2 <= radius**2
+        labels[np.broadcast_to(tube, shape) & (labels == 1)] = 2
+    image = np.choose(labels, [0.2, 1.0, 1.4]).astype(np.float32) + rng.normal(0, 0.2, shape).astype(np.float32)
+    return image, labels
+
+
+@pytest.mark.slow
+def test_small_structures_are_learnt_from_patches_where_whole_slices_fail():
+    """Three annotated slices, thin tubes: the foreground-centred patch sampler learns them on held-out slices;
+    whole slices (the old sampler: 8 per batch, no regard for where the labels are) do not, for the same
+    number of voxels fed to the network (40 x 8 x 160^2 = 220 x 4 x 96^2, within 1 %)."""
+    from napari_aunet.engine.config import ModelConfig, Normalization
+    from napari_aunet.engine.model import AttentionUNet
+
+    image, labels = _small_structure_phantom()
+    given = [1, 5, 9]
+    held_out = [s for s in range(labels.shape[0]) if s not in given]
+    config = ModelConfig(widths=(8, 16, 32), gated_levels=(1, 2), out_channels=3,
+                         class_names=("background", "organ", "tube"), normalization=Normalization(mode="zscore"))
+    tube_dice = {}
+    for sampler, steps, options in (("whole slices", 40, dict(patch_size=160, foreground_share=0.0, batch_size=8)),
+                                    ("patches", 220, {})):
+        torch.manual_seed(0)
+        settings = FineTuneSettings(steps=steps, learning_rate=3e-3, val_fraction=0.0, freeze_batchnorm=False,
+                                    precision="fp32", **options)
+        result = fine_tune(AttentionUNet(config), [TrainingPair(image, _partial(labels, given))], settings)
+        tube_dice[sampler] = evaluate(result.model, image, labels, held_out)["dice"].get("tube", 0.0)
+    assert tube_dice["patches"] > 0.6, tube_dice
+    assert tube_dice["whole slices"] < tube_dice["patches"] - 0.4, tube_dice

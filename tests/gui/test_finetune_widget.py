@@ -103,3 +103,65 @@ def test_fill_between_annotated_slices_is_one_undoable_edit(make_napari_viewer):
     assert tune.annotated_display_slices() == [2, 3, 4, 5, 6]  # the filled slices now count (the user checks them)
     labels.undo()
     np.testing.assert_array_equal(labels.data, before)
+
+
+def test_fine_tune_from_brain_onto_the_users_own_classes(make_napari_viewer, qtbot, tmp_path):
+    """Structures the brain model has no class for, named in the labels layer: a new head; the names travel
+    into the saved checkpoint, the Segment widget's description and the layer Segment then makes."""
+    phantom = generate_phantom((12, 48, 48), seed=3, lesions=(2, 3))
+    viewer = make_napari_viewer()
+    image = viewer.add_image(phantom.image, name="scan")
+    painted = np.zeros_like(phantom.labels)
+    labels = viewer.add_labels(painted, name="my structures")
+    labels.features = {"index": [0, 1, 2, 3], "class": ["background", "liver", "lesion", "vessel"]}
+    segment, tune = SegmentWidget(viewer), FineTuneWidget(viewer)
+    viewer.window.add_dock_widget(segment)
+    viewer.window.add_dock_widget(tune)
+    tune.reset_choices()
+    tune._image.value, tune._labels.value, tune._model.value = image, labels, "brain"
+    tune._plane.value = "sagittal"  # display axis 0
+    for index in (3, 6, 9):
+        truth = phantom.labels[index].copy()
+        truth[:6, :6] = 3  # a third structure
+        coords = np.argwhere(truth >= 0)
+        labels.data_setitem((np.full(len(coords), index), coords[:, 0], coords[:, 1]), truth[coords[:, 0], coords[:, 1]])
+        labels.paint((index, 0, 0), 3)
+    tune._steps.value, tune._budget.value, tune._val_fraction.value = 4, 0, 0.34
+    tune.run()
+    qtbot.waitUntil(lambda: not tune.running, timeout=120_000)
+    assert "new head for 4 classes" in tune._status.value and "'brain'" in tune._status.value
+    assert {row[0] for row in tune._table.value["data"]} <= {"liver", "lesion", "vessel"}
+
+    name = tune.use_new_model()
+    assert segment._model.value == name and "liver, lesion, vessel" in segment._card.value
+    saved = load_checkpoint(tune.save_model(tmp_path / "structures.safetensors"))
+    assert saved.config.class_names == ("background", "liver", "lesion", "vessel")
+    segment._image.value = image
+    segment.run()
+    qtbot.waitUntil(lambda: not segment.running, timeout=60_000)
+    made = viewer.layers["scan segmentation"]
+    assert list(made.features["class"]) == ["background", "liver", "lesion", "vessel"]
+
+
+def test_fine_tune_from_scratch_is_a_choice(make_napari_viewer, qtbot):
+    from napari_aunet._finetune_widget import SCRATCH
+
+    phantom = generate_phantom((8, 48, 48), seed=4)
+    viewer = make_napari_viewer()
+    image = viewer.add_image(phantom.image, name="scan")
+    labels = viewer.add_labels(np.zeros_like(phantom.labels), name="labels")
+    tune = FineTuneWidget(viewer)
+    viewer.window.add_dock_widget(tune)
+    tune.reset_choices()
+    tune._image.value, tune._labels.value, tune._model.value = image, labels, SCRATCH
+    tune._plane.value = "sagittal"
+    for index in (2, 5):
+        coords = np.argwhere(phantom.labels[index] >= 0)
+        labels.data_setitem((np.full(len(coords), index), coords[:, 0], coords[:, 1]),
+                            phantom.labels[index][coords[:, 0], coords[:, 1]])
+        labels.paint((index, 0, 0), int(phantom.labels[index][0, 0]))
+    tune._steps.value, tune._budget.value, tune._val_fraction.value = 3, 0, 0.0
+    tune.run()
+    qtbot.waitUntil(lambda: not tune.running, timeout=60_000)
+    assert "from a new network" in tune._status.value
+    assert tune._result.config.class_names == ("background", "label 1", "label 2")
