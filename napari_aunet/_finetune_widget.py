@@ -36,7 +36,7 @@ from ._layers import layer_class_names
 from ._orientation import file_order
 from ._segment_widget import PLANES, VIEW_PLANE, chosen_path, image_source, slicing_display_axis
 from ._state import state_for
-from .engine.bundled import BUNDLED_MODELS
+from .engine.bundled import ALIASES, BUNDLED_MODELS
 from .engine.checkpoint import CheckpointError, save_checkpoint
 from .engine.clickmodel import is_click_model
 from .engine.finetune import FineTuneSettings, TrainingPair, fresh_checkpoint, iter_fine_tune
@@ -131,7 +131,7 @@ class FineTuneWidget(Container):
             label="learning rate", value=0.0, min=0.0, max=1.0, step=1e-4,
             tooltip="0 = automatic: 3e-3 onto new classes or from scratch, 1e-3 correcting the model's own classes",
         )
-        self._val_fraction = FloatSpinBox(label="validation fraction", value=0.2, min=0.0, max=0.9, step=0.05)
+        self._val_fraction = FloatSpinBox(label="validation fraction", value=0.1, min=0.0, max=0.9, step=0.05)
         self._run = PushButton(text="Fine-tune")
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._plot = CurvePlot()
@@ -272,7 +272,7 @@ class FineTuneWidget(Container):
         worker.finished.connect(self._on_finished)
         self._worker = worker
         self._run.enabled, self._cancel.enabled = False, True
-        start = "a new network (from scratch)" if model_name == SCRATCH else f"'{model_name}'"
+        start = "a new network (from scratch)" if model_name == SCRATCH else f"'{ALIASES.get(model_name, model_name)}'"
         classes = f" for {', '.join(class_names[1:])}" if class_names else ""
         self._set_status(f"fine-tuning {start}{classes} on {len(pair.reviewed)} slice(s)…")
         worker.start()
@@ -346,7 +346,8 @@ class FineTuneWidget(Container):
             "no held-out slice (validation fraction 0 or too few slices)"
         kept = f" (weights of step {result.best_step}, best on the held-out slices)" if (
             result.best_step is not None and result.best_step != result.steps) else ""
-        started = "a new network" if self._previous_model == SCRATCH else f"'{self._previous_model}'"
+        started = ("a new network" if self._previous_model == SCRATCH
+                   else f"'{ALIASES.get(self._previous_model, self._previous_model)}'")
         self._set_status(f"from {started}: {result.steps} steps in {result.seconds:.0f} s; {change}{kept}"
                          + (f"; {head}" if result.head is not None and result.head.changed else ""))
 

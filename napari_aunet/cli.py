@@ -454,7 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                        help="auto = bf16 autocast where the CPU/GPU computes bf16 natively, else fp32")
-    train.add_argument("--val-fraction", type=float, default=0.2, help="held-out share of annotated slices")
+    train.add_argument("--val-fraction", type=float, default=0.1,
+                       help="held-out share of annotated slices (at least one when there are two or more)")
     train.add_argument("--axis", default="auto", help="slicing axis in file order (auto = axial)")
     train.add_argument("--device", default="auto")
     train.add_argument("-q", "--quiet", action="store_true")

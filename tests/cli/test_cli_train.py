@@ -43,7 +43,7 @@ def test_train_then_evaluate_improves_the_untouched_slices(files, capsys):
 
     model = folder / "tuned.safetensors"
     assert main(["train", "--image", str(image), "--labels", str(labels), "-o", str(model), "--init", "phantom",
-                 "--steps", "60", "--lr", "3e-3", "--seed", "0", "-q"]) == 0
+                 "--steps", "60", "--seed", "0", "-q"]) == 0
     report = _json(capsys)
     assert report["steps"] == 60 and "organ" in report["after"]["dice"]
 
