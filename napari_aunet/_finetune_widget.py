@@ -335,7 +335,7 @@ class FineTuneWidget(Container):
         provenance = {"image": pair.name, "shape": list(pair.image.shape), "axis": pair.axis,
                       "annotated_slices": list(pair.reviewed), "train_slices": result.train_slices,
                       "validation_slices": result.val_slices, "seed": settings.seed, "init": self._previous_model}
-        head = result.head.message(self._previous_model) if result.head is not None else ""
+        head = result.head.message(ALIASES.get(self._previous_model, self._previous_model)) if result.head else ""
         card = f"Fine-tuned from {self._previous_model}; classes: {', '.join(result.model.config.class_names[1:])}."
         self._result = Checkpoint(config=result.model.config, state_dict=result.model.state_dict(), history=history,
                                   provenance=provenance, model_card=card)
