@@ -28,7 +28,7 @@ from napari.layers import Image, Labels
 from napari.qt.threading import thread_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QPointF, Qt
+from qtpy.QtCore import QPointF, Qt, QTimer
 from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import QWidget
 
@@ -150,6 +150,7 @@ class FineTuneWidget(Container):
         ])
         self.native.layout().addWidget(self._plot)
         self.extend([self._table, self._use, self._revert, self._save_path, self._save, self._status])
+        self._watched: set[int] = set()
         self._labels.changed.connect(self._on_labels_changed)
         self._review.clicked.connect(self.mark_reviewed)
         self._fill.clicked.connect(self.fill_between)
@@ -173,7 +174,14 @@ class FineTuneWidget(Container):
     def _on_labels_changed(self, layer=None) -> None:
         if layer is not None:
             self._state.track_painting(layer)
+            if id(layer) not in self._watched:  # the "annotated" line follows the brush as the user paints
+                self._watched.add(id(layer))
+                layer.events.paint.connect(self._after_paint)
         self._show_annotated()
+
+    def _after_paint(self, event=None) -> None:
+        # after the shared state has recorded the stroke (its handler may run after this one)
+        QTimer.singleShot(0, self._show_annotated)
 
     def _display_axis(self, layer) -> int:
         return slicing_display_axis(self._viewer, self._plane.value, layer.ndim)

@@ -165,3 +165,17 @@ def test_fine_tune_from_scratch_is_a_choice(make_napari_viewer, qtbot):
     qtbot.waitUntil(lambda: not tune.running, timeout=60_000)
     assert "from a new network" in tune._status.value
     assert tune._result.config.class_names == ("background", "label 1", "label 2")
+
+
+def test_the_annotated_line_follows_the_brush(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((6, 32, 32), np.float32), name="scan")
+    labels = viewer.add_labels(np.zeros((6, 32, 32), np.uint8), name="labels")
+    tune = FineTuneWidget(viewer)
+    viewer.window.add_dock_widget(tune)
+    tune.reset_choices()
+    tune._image.value, tune._labels.value = image, labels
+    tune._plane.value = "sagittal"  # display axis 0
+    assert "none yet" in tune._annotated.value
+    labels.paint((3, 16, 16), 1)  # one brush stroke on slice 3, nothing else done in the widget
+    qtbot.waitUntil(lambda: tune._annotated.value.startswith("1 slice(s): 3"), timeout=5_000)
