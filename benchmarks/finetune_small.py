@@ -80,8 +80,8 @@ def start_model(init: str, class_names: tuple[str, ...], seed: int) -> Attention
 def ours(task, partial: np.ndarray, test: list[int], k: int, init: str, budget: float, seed: int,
          overrides: dict) -> dict:
     """One fine-tuning run with the product's defaults (what `aunet train --init brain|none` runs)."""
-    scratch = {"learning_rate": 3e-3, "freeze_batchnorm": False} if init == "scratch" else {}
-    settings = FineTuneSettings(steps=None, time_budget=budget, seed=seed, **{**scratch, **overrides})
+    settings = FineTuneSettings(steps=None, time_budget=budget, seed=seed, from_scratch=init == "scratch",
+                                **overrides)
     model = start_model(init, task.class_names, seed)
     pair = TrainingPair(task.image, partial, axis=task.axial_axis, name="t1")
     result = fine_tune(model, [pair], settings, class_names=task.class_names)

@@ -263,8 +263,8 @@ class FineTuneWidget(Container):
                                                      layer_class_names(labels))
             settings = FineTuneSettings(
                 steps=self._steps.value or None, time_budget=float(self._budget.value) or None,
-                learning_rate=float(self._learning_rate.value) or (3e-3 if model_name == SCRATCH else None),
-                val_fraction=float(self._val_fraction.value), freeze_batchnorm=False if model_name == SCRATCH else None,
+                learning_rate=float(self._learning_rate.value) or None, val_fraction=float(self._val_fraction.value),
+                from_scratch=model_name == SCRATCH,
             )
         except (ValueError, CheckpointError) as error:
             show_error(f"Cannot fine-tune: {error}")
@@ -280,7 +280,7 @@ class FineTuneWidget(Container):
         worker.finished.connect(self._on_finished)
         self._worker = worker
         self._run.enabled, self._cancel.enabled = False, True
-        start = "a new network (from scratch)" if model_name == SCRATCH else f"'{ALIASES.get(model_name, model_name)}'"
+        start = "a new network (from scratch)" if model_name == SCRATCH else f"'{_canonical(model_name)}'"
         classes = f" for {', '.join(class_names[1:])}" if class_names else ""
         self._set_status(f"fine-tuning {start}{classes} on {len(pair.reviewed)} slice(s)…")
         worker.start()
@@ -343,7 +343,7 @@ class FineTuneWidget(Container):
         provenance = {"image": pair.name, "shape": list(pair.image.shape), "axis": pair.axis,
                       "annotated_slices": list(pair.reviewed), "train_slices": result.train_slices,
                       "validation_slices": result.val_slices, "seed": settings.seed, "init": self._previous_model}
-        head = result.head.message(ALIASES.get(self._previous_model, self._previous_model)) if result.head else ""
+        head = result.head.message(_canonical(self._previous_model)) if result.head else ""
         card = f"Fine-tuned from {self._previous_model}; classes: {', '.join(result.model.config.class_names[1:])}."
         self._result = Checkpoint(config=result.model.config, state_dict=result.model.state_dict(), history=history,
                                   provenance=provenance, model_card=card)
@@ -354,8 +354,7 @@ class FineTuneWidget(Container):
             "no held-out slice (validation fraction 0 or too few slices)"
         kept = f" (weights of step {result.best_step}, best on the held-out slices)" if (
             result.best_step is not None and result.best_step != result.steps) else ""
-        started = ("a new network" if self._previous_model == SCRATCH
-                   else f"'{ALIASES.get(self._previous_model, self._previous_model)}'")
+        started = "a new network" if self._previous_model == SCRATCH else f"'{_canonical(self._previous_model)}'"
         self._set_status(f"from {started}: {result.steps} steps in {result.seconds:.0f} s; {change}{kept}"
                          + (f"; {head}" if result.head is not None and result.head.changed else ""))
 
@@ -395,6 +394,11 @@ class FineTuneWidget(Container):
 
     def _set_status(self, text: str) -> None:
         self._status.value = text
+
+
+def _canonical(model_name: str) -> str:
+    """``brain`` for ``default``: the model the user started from, by its own name."""
+    return ALIASES.get(model_name, model_name)
 
 
 def _scores_table(before: dict, after: dict) -> dict:

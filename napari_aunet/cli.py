@@ -239,7 +239,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .engine.clickmodel import is_click_model
     from .engine.config import ModelConfig
     from .engine.finetune import FineTuneSettings, fine_tune
-    from .engine.heads import class_names_for_labels
+    from .engine.heads import class_names_for_labels, head_change
     from .engine.model import AttentionUNet
     from .engine.training import seed_everything
 
@@ -260,8 +260,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = ModelConfig(spatial_dims=args.dims, out_channels=len(class_names), widths=widths,
                              gated_levels=gated, class_names=class_names)
         model = AttentionUNet(config)
-        learning_rate = args.lr or 3e-3
-        freeze_batchnorm = False
     else:
         checkpoint = load_model(args.init)
         config = checkpoint.config
@@ -273,19 +271,16 @@ def cmd_train(args: argparse.Namespace) -> int:
             config = dataclasses.replace(config, gated_levels=())
         model = AttentionUNet(config)
         model.load_state_dict(checkpoint.state_dict, strict=False)  # gate weights dropped for --arch unet
-        learning_rate = args.lr  # None: 3e-3 for a new head, 1e-3 correcting the model's own classes
-        freeze_batchnorm = None  # frozen when correcting the model's own classes, updated for a new head
         class_names = class_names_for_labels(highest, config.class_names, names)
         if is_click_model(config):
             class_names = None  # a click model's classes are the clicked object's, whatever its label
-    if class_names is not None and class_names != model.config.class_names:
-        kept = [n for n in class_names if n in model.config.class_names]
-        print(f"aunet: {args.init} has classes {', '.join(model.config.class_names)}; the labels hold "
-              f"{', '.join(class_names)}: new output head, encoders, decoders and gates kept"
-              f" (head rows kept for: {', '.join(kept)})", file=sys.stderr)
-    settings = FineTuneSettings(steps=args.steps, time_budget=args.time_budget, learning_rate=learning_rate,
-                                val_fraction=args.val_fraction, seed=args.seed,
-                                freeze_batchnorm=freeze_batchnorm, precision=args.precision)
+    change = head_change(model.config.class_names, class_names) if class_names is not None else None
+    if change is not None and change.changed:
+        print(f"aunet: {change.message(args.init)}", file=sys.stderr)
+    # learning rate None: 3e-3 from scratch or for a new head, 1e-3 correcting the model's own classes
+    settings = FineTuneSettings(steps=args.steps, time_budget=args.time_budget, learning_rate=args.lr,
+                                val_fraction=args.val_fraction, seed=args.seed, from_scratch=args.init == "none",
+                                precision=args.precision)
     report = _progress_printer("train", args.quiet)
     result = fine_tune(model, pairs, settings, device=str(_device(args.device)), class_names=class_names,
                        progress=(lambda step, total, loss, dice: report(step, total or step)) if report else None)

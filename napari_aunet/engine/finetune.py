@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .checkpoint import Checkpoint
 from .clickmodel import CLICK_WINDOW, is_click_model, object_masks, simulated_click_batches, window_around
@@ -61,8 +60,8 @@ def annotated_slices(labels: np.ndarray, axis: int = 0, reviewed: Sequence[int] 
 class FineTuneSettings:
     """How to train. ``None`` picks the default measured on held-out real data (docs/finetune.md):
 
-    - ``learning_rate``: 3e-3 for a new head or a network from scratch, 1e-3 when correcting the model's own
-      classes;
+    - ``learning_rate``: 3e-3 for a new head or a network from scratch (``from_scratch``), 1e-3 when
+      correcting the model's own classes;
     - ``freeze_batchnorm``: frozen running statistics when correcting the model's own classes, updated for a
       new head (measured: 0.44 frozen vs 0.82 updated, held-out Dice at 60 s, brain model onto four deep grey
       structures of an unseen head);
@@ -82,16 +81,15 @@ class FineTuneSettings:
     foreground_share: float = 1.0
     # keep the weights that scored best on the held-out slices, checked this many times during a run
     validations: int = 10
-    background_dice: bool = True  # class 0 in the soft Dice term (nnU-Net leaves it out)
-    # 2D: random rotation (degrees, +-) and scale of each patch, on top of flips and 90-degree turns
-    rotation: float = 0.0
-    scale: tuple[float, float] = (1.0, 1.0)
+    # a freshly initialised network: trained like a new head (3e-3, BatchNorm statistics updated)
+    from_scratch: bool = False
     # auto: bf16 autocast where the device computes bf16 natively (a CPU with AVX512-BF16/AMX, a bf16 GPU),
     # else fp32; the loss and the optimiser state stay fp32.
     precision: str = "auto"
 
     def resolved(self, spatial_dims: int, new_classes: bool, clicks: bool = False) -> FineTuneSettings:
         """A copy with every ``None`` replaced by its default for this network and task."""
+        new_classes = new_classes or self.from_scratch
         return dataclasses.replace(
             self,
             learning_rate=self.learning_rate or (3e-3 if new_classes else 1e-3),
@@ -316,8 +314,8 @@ class _PatchSampler:
     IGNORE.
     """
 
-    def __init__(self, pairs: list[TrainingPair], slices: dict[int, list[int]], config: ModelConfig,
-                 settings: FineTuneSettings, rng: np.random.Generator) -> None:
+    def __init__(self, pairs: list[TrainingPair], normalized: list[np.ndarray], slices: dict[int, list[int]],
+                 config: ModelConfig, settings: FineTuneSettings, rng: np.random.Generator) -> None:
         # items: (normalized image, target with IGNORE off the annotated slices, fixed axis or None, slice);
         # voxels[c]: (item numbers, voxel coordinates) of every annotated voxel of foreground class c
         self.items: list[tuple[np.ndarray, np.ndarray, int | None, int]] = []
@@ -339,12 +337,12 @@ class _PatchSampler:
             chosen = slices.get(index, [])
             if not chosen:
                 continue
-            normalized = normalize(pair.image, config.normalization)
+            image = normalized[index]
             if pair.labels.ndim == 2:
-                add(normalized, pair.labels.astype(np.uint8), None, [0])
+                add(image, pair.labels.astype(np.uint8), None, [0])
             elif config.spatial_dims == 2:
                 for s in chosen:
-                    add(np.ascontiguousarray(np.take(normalized, s, axis=pair.axis)),
+                    add(np.ascontiguousarray(np.take(image, s, axis=pair.axis)),
                         np.take(pair.labels, s, axis=pair.axis).astype(np.uint8), None, [s])
             else:
                 target = np.full(pair.labels.shape, IGNORE, dtype=np.uint8)
@@ -352,14 +350,14 @@ class _PatchSampler:
                 for s in chosen:
                     region[pair.axis] = s
                     target[tuple(region)] = pair.labels[tuple(region)]
-                add(normalized, target, pair.axis, list(chosen))
+                add(image, target, pair.axis, list(chosen))
         if not self.items:
             raise ValueError("no annotated slice to train on: paint some labels or mark slices reviewed")
         self.foreground = {c: (np.concatenate(i), np.concatenate(v)) for c, (i, v) in sorted(voxels.items())}
         dims = config.spatial_dims
         size = settings.patch_size or (96 if dims == 2 else 64)
         self.shape = tuple(min(size, max(item[0].shape[a - dims] for item in self.items)) for a in range(dims))
-        self.config, self.settings, self.rng = config, settings, rng
+        self.settings, self.rng = settings, rng
 
     def _patch(self, foreground: bool) -> tuple[np.ndarray, np.ndarray]:
         if foreground and self.foreground:
@@ -392,29 +390,6 @@ class _PatchSampler:
                 images.append(image[None])
                 targets.append(target)
             yield np.stack(images).astype(np.float32), np.stack(targets).astype(np.int64)
-
-
-def rotate_and_scale(images: np.ndarray, targets: np.ndarray, rng: np.random.Generator, rotation: float,
-                     scale: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
-    """Rotate each 2D patch by up to +-``rotation`` degrees and zoom it by a factor in ``scale`` (images
-    bilinear, targets nearest; IGNORE where the patch comes from outside). ``images`` (N, 1, H, W)."""
-    if images.ndim != 4:
-        return images, targets
-    count = images.shape[0]
-    angle = np.deg2rad(rng.uniform(-rotation, rotation, count))
-    zoom = rng.uniform(*scale, count)
-    theta = np.zeros((count, 2, 3), np.float32)
-    theta[:, 0, 0], theta[:, 0, 1] = np.cos(angle) / zoom, -np.sin(angle) / zoom
-    theta[:, 1, 0], theta[:, 1, 1] = np.sin(angle) / zoom, np.cos(angle) / zoom
-    grid = F.affine_grid(torch.from_numpy(theta), list(images.shape), align_corners=False)
-    image_t = torch.from_numpy(images)
-    fill = image_t.amin(dim=(1, 2, 3), keepdim=True)
-    moved = F.grid_sample(image_t - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
-    shifted = torch.from_numpy(targets[:, None].astype(np.float32) + 1)  # 0 = outside after sampling
-    labels = F.grid_sample(shifted, grid, mode="nearest", padding_mode="zeros", align_corners=False)[:, 0]
-    labels = labels.long() - 1
-    labels[labels < 0] = IGNORE
-    return moved.numpy(), labels.numpy()
 
 
 def _running_dice(logits: torch.Tensor, target: torch.Tensor) -> float:
@@ -506,14 +481,16 @@ def iter_fine_tune(
     trained.eval()
     before = scores(model if clicks or not head.changed else trained)
     validator = None
+    if not clicks:  # each scan normalised once, for the sampler and the held-out checks
+        normalized = [normalize(p.image, trained.config.normalization) for p in pairs]
     if not clicks and trained.config.spatial_dims == 2 and settings.validations > 0:
-        validator = _HeldOutSlices(pairs, val_slices, trained.config, settings.precision)
+        validator = _HeldOutSlices(pairs, normalized, val_slices, trained.config, settings.precision)
         validator = validator if validator.planes else None
     if clicks:  # clicks simulated against the model being trained, as when it was built
         sampler = simulated_click_batches(_ClickObjects(pairs, train_slices, model.config), trained,
                                           settings.batch_size, settings.seed)
     else:
-        sampler = iter(_PatchSampler(pairs, train_slices, trained.config, settings, rng))
+        sampler = iter(_PatchSampler(pairs, normalized, train_slices, trained.config, settings, rng))
     # channels-last: 0.88x the time of a bf16 training step on 2 CPU cores (4 x 96 px, brain model widths)
     layout = None if clicks else (torch.channels_last if trained.config.spatial_dims == 2 else torch.channels_last_3d)
     if layout is not None:
@@ -548,15 +525,13 @@ def iter_fine_tune(
         for group in optimizer.param_groups:
             group["lr"] = settings.learning_rate * warmup * 0.5 * (1 + math.cos(math.pi * fraction))
         images, targets = next(sampler)
-        if not clicks and (settings.rotation or settings.scale != (1.0, 1.0)):
-            images, targets = rotate_and_scale(images, targets, rng, settings.rotation, settings.scale)
         _set_training_mode(trained, settings.freeze_batchnorm)
         images_t, targets_t = torch.from_numpy(images).to(device), torch.from_numpy(targets).to(device)
         if layout is not None:
             images_t = images_t.contiguous(memory_format=layout)
         with _training_autocast(settings.precision, images_t.device):
             logits = trained(images_t)
-        loss = masked_loss(logits.float(), targets_t, settings.background_dice)
+        loss = masked_loss(logits.float(), targets_t)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -585,19 +560,16 @@ def iter_fine_tune(
 class _HeldOutSlices:
     """Mean Dice of a 2D model on the held-out slices, normalised once (cheap enough to check often)."""
 
-    def __init__(self, pairs: list[TrainingPair], val_slices: dict[int, list[int]], config: ModelConfig,
-                 precision: str) -> None:
+    def __init__(self, pairs: list[TrainingPair], normalized: list[np.ndarray], val_slices: dict[int, list[int]],
+                 config: ModelConfig, precision: str) -> None:
         self.planes: list[tuple[np.ndarray, np.ndarray]] = []
         for index, pair in enumerate(pairs):
-            chosen = val_slices.get(index, [])
-            if not chosen:
-                continue
-            normalized = normalize(pair.image, config.normalization)
-            for s in chosen:
+            image = normalized[index]
+            for s in val_slices.get(index, []):
                 if pair.image.ndim == 2:
-                    self.planes.append((normalized, np.asarray(pair.labels)))
+                    self.planes.append((image, np.asarray(pair.labels)))
                 else:
-                    self.planes.append((np.take(normalized, s, axis=pair.axis), np.take(pair.labels, s, axis=pair.axis)))
+                    self.planes.append((np.take(image, s, axis=pair.axis), np.take(pair.labels, s, axis=pair.axis)))
         self.class_names, self.precision = config.class_names, precision
 
     def mean_dice(self, model: AttentionUNet) -> float:

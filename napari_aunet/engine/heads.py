@@ -59,9 +59,15 @@ class HeadChange:
         if not self.changed:
             return f"{model_name}'s classes: {', '.join(self.new[1:])}"
         added = [name for name in self.new if name not in self.kept]
-        kept = ", ".join(self.kept) if self.kept else "none"
-        return (f"new head for {len(self.new)} classes on {model_name}'s encoders, decoders and gates "
-                f"(kept: {kept}; new: {', '.join(added) or 'none'})")
+        return (f"{model_name} has classes {', '.join(self.old)}: new output head for {len(self.new)} classes "
+                f"on its encoders, decoders and gates (kept: {', '.join(self.kept) or 'none'}; "
+                f"new: {', '.join(added) or 'none'})")
+
+
+def head_change(old: tuple[str, ...], new: tuple[str, ...]) -> HeadChange:
+    """What :func:`with_classes` does to a model with classes ``old`` for labels with classes ``new``."""
+    old_keys = {_key(name) for name in old}
+    return HeadChange(tuple(old), tuple(new), kept=tuple(name for name in new if _key(name) in old_keys))
 
 
 def with_classes(model: AttentionUNet, class_names: tuple[str, ...]) -> tuple[AttentionUNet, HeadChange]:
@@ -72,10 +78,11 @@ def with_classes(model: AttentionUNet, class_names: tuple[str, ...]) -> tuple[At
     """
     class_names = tuple(class_names)
     old = tuple(model.config.class_names)
-    if class_names == old:
+    change = head_change(old, class_names)
+    if not change.changed:
         clone = AttentionUNet(model.config)
         clone.load_state_dict(model.state_dict())
-        return clone, HeadChange(old, class_names, kept=old)
+        return clone, change
     if len(class_names) < 2:
         raise ValueError("a model needs background plus at least one class")
     if len({_key(n) for n in class_names}) != len(class_names):
@@ -86,13 +93,10 @@ def with_classes(model: AttentionUNet, class_names: tuple[str, ...]) -> tuple[At
     missing, _ = adapted.load_state_dict(state, strict=False)
     assert all(key.startswith("head.") for key in missing), missing
     old_rows = {_key(name): row for row, name in enumerate(old)}
-    kept = []
     with torch.no_grad():
         for row, name in enumerate(class_names):
-            source = old_rows.get(_key(name))
-            if source is not None:
-                adapted.head.weight[row] = model.head.weight[source]
-                adapted.head.bias[row] = model.head.bias[source]
-                kept.append(name)
+            if name in change.kept:
+                adapted.head.weight[row] = model.head.weight[old_rows[_key(name)]]
+                adapted.head.bias[row] = model.head.bias[old_rows[_key(name)]]
     adapted.train(model.training)
-    return adapted, HeadChange(old, class_names, kept=tuple(kept))
+    return adapted, change

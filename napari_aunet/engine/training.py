@@ -30,13 +30,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def masked_loss(logits: torch.Tensor, target: torch.Tensor, background_dice: bool = True) -> torch.Tensor:
+def masked_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Cross-entropy plus soft Dice over annotated voxels (``target != IGNORE``).
 
     ``logits`` ``(N, C, *spatial)``, ``target`` ``(N, *spatial)`` int64. Dice is summed over the batch
-    and averaged over the classes present in the annotated target (class 0 too unless ``background_dice`` is
-    False, as nnU-Net does); absent classes are skipped. A batch with no annotated voxel gives a zero loss that
-    still carries a gradient path (never NaN).
+    and averaged over the classes present in the annotated target; absent classes are skipped. A batch
+    with no annotated voxel gives a zero loss that still carries a gradient path (never NaN).
     """
     annotated = target != IGNORE
     if not annotated.any():
@@ -52,10 +51,6 @@ def masked_loss(logits: torch.Tensor, target: torch.Tensor, background_dice: boo
     predicted = (probabilities * mask).sum(reduce)
     reference = (one_hot * mask).sum(reduce)
     present = reference > 0
-    if not background_dice:
-        present[0] = False
-        if not present.any():
-            return cross_entropy
     dice = (2 * intersection + 1e-5) / (predicted + reference + 1e-5)
     return cross_entropy + (1 - dice[present]).mean()
 

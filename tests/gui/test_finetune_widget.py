@@ -14,6 +14,24 @@ from napari_aunet.engine.phantoms import generate_phantom
 pytestmark = pytest.mark.gui
 
 
+def _docked_widget(viewer, image, labels) -> FineTuneWidget:
+    """A docked Fine-tune widget on ``image`` and ``labels``, slicing along display axis 0 (sagittal here)."""
+    tune = FineTuneWidget(viewer)
+    viewer.window.add_dock_widget(tune)
+    tune.reset_choices()
+    tune._image.value, tune._labels.value = image, labels
+    tune._plane.value = "sagittal"
+    return tune
+
+
+def _paint_slice(labels, index: int, plane: np.ndarray) -> None:
+    """Write ``plane`` on slice ``index`` and end with a real brush stroke (which emits napari's paint event)."""
+    coords = np.argwhere(plane >= 0)
+    labels.data_setitem((np.full(len(coords), index), coords[:, 0], coords[:, 1]), plane[coords[:, 0], coords[:, 1]])
+    labels.paint((index, 0, 0), int(plane[0, 0]))
+
+
+
 def test_correct_then_fine_tune_end_to_end(make_napari_viewer, qtbot, tmp_path):
     phantom = generate_phantom((16, 48, 48), seed=5, lesions=(2, 3))
     path = tmp_path / "inverted.nii.gz"
@@ -85,11 +103,7 @@ def test_fill_between_annotated_slices_is_one_undoable_edit(make_napari_viewer):
     viewer = make_napari_viewer()
     image = viewer.add_image(np.zeros((9, 40, 40), np.float32), name="scan")
     labels = viewer.add_labels(np.zeros((9, 40, 40), np.uint8), name="labels")
-    tune = FineTuneWidget(viewer)
-    viewer.window.add_dock_widget(tune)
-    tune.reset_choices()
-    tune._image.value, tune._labels.value = image, labels
-    tune._plane.value = "sagittal"  # display axis 0
+    tune = _docked_widget(viewer, image, labels)
     rows, cols = np.ogrid[:40, :40]
     for index, radius in ((2, 5), (6, 9)):  # the user paints a disk on slices 2 and 6
         disk = np.argwhere((rows - 20) ** 2 + (cols - 20) ** 2 <= radius**2)
@@ -114,22 +128,18 @@ def test_fine_tune_from_brain_onto_the_users_own_classes(make_napari_viewer, qtb
     painted = np.zeros_like(phantom.labels)
     labels = viewer.add_labels(painted, name="my structures")
     labels.features = {"index": [0, 1, 2, 3], "class": ["background", "liver", "lesion", "vessel"]}
-    segment, tune = SegmentWidget(viewer), FineTuneWidget(viewer)
+    segment = SegmentWidget(viewer)
     viewer.window.add_dock_widget(segment)
-    viewer.window.add_dock_widget(tune)
-    tune.reset_choices()
-    tune._image.value, tune._labels.value, tune._model.value = image, labels, "brain"
-    tune._plane.value = "sagittal"  # display axis 0
+    tune = _docked_widget(viewer, image, labels)
+    tune._model.value = "brain"
     for index in (3, 6, 9):
         truth = phantom.labels[index].copy()
         truth[:6, :6] = 3  # a third structure
-        coords = np.argwhere(truth >= 0)
-        labels.data_setitem((np.full(len(coords), index), coords[:, 0], coords[:, 1]), truth[coords[:, 0], coords[:, 1]])
-        labels.paint((index, 0, 0), 3)
+        _paint_slice(labels, index, truth)
     tune._steps.value, tune._budget.value, tune._val_fraction.value = 4, 0, 0.34
     tune.run()
     qtbot.waitUntil(lambda: not tune.running, timeout=120_000)
-    assert "new head for 4 classes" in tune._status.value and "'brain'" in tune._status.value
+    assert "new output head for 4 classes" in tune._status.value and "'brain'" in tune._status.value
     assert {row[0] for row in tune._table.value["data"]} <= {"liver", "lesion", "vessel"}
 
     name = tune.use_new_model()
@@ -150,16 +160,10 @@ def test_fine_tune_from_scratch_is_a_choice(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     image = viewer.add_image(phantom.image, name="scan")
     labels = viewer.add_labels(np.zeros_like(phantom.labels), name="labels")
-    tune = FineTuneWidget(viewer)
-    viewer.window.add_dock_widget(tune)
-    tune.reset_choices()
-    tune._image.value, tune._labels.value, tune._model.value = image, labels, SCRATCH
-    tune._plane.value = "sagittal"
+    tune = _docked_widget(viewer, image, labels)
+    tune._model.value = SCRATCH
     for index in (2, 5):
-        coords = np.argwhere(phantom.labels[index] >= 0)
-        labels.data_setitem((np.full(len(coords), index), coords[:, 0], coords[:, 1]),
-                            phantom.labels[index][coords[:, 0], coords[:, 1]])
-        labels.paint((index, 0, 0), int(phantom.labels[index][0, 0]))
+        _paint_slice(labels, index, phantom.labels[index])
     tune._steps.value, tune._budget.value, tune._val_fraction.value = 3, 0, 0.0
     tune.run()
     qtbot.waitUntil(lambda: not tune.running, timeout=60_000)
@@ -171,11 +175,7 @@ def test_the_annotated_line_follows_the_brush(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     image = viewer.add_image(np.zeros((6, 32, 32), np.float32), name="scan")
     labels = viewer.add_labels(np.zeros((6, 32, 32), np.uint8), name="labels")
-    tune = FineTuneWidget(viewer)
-    viewer.window.add_dock_widget(tune)
-    tune.reset_choices()
-    tune._image.value, tune._labels.value = image, labels
-    tune._plane.value = "sagittal"  # display axis 0
+    tune = _docked_widget(viewer, image, labels)
     assert "none yet" in tune._annotated.value
     labels.paint((3, 16, 16), 1)  # one brush stroke on slice 3, nothing else done in the widget
     qtbot.waitUntil(lambda: tune._annotated.value.startswith("1 slice(s): 3"), timeout=5_000)
