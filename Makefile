@@ -44,9 +44,11 @@ demo: install
 lint: install
 	$(BIN)/ruff check napari_aunet tests benchmarks
 
+# The brain recipe reads two heads from package files fetched once (never installed, never read at run time).
 models: install
+	$(BIN)/python -m pip download --quiet --no-deps nimare==0.22.1 -d build/wheels
 	$(BIN)/aunet build-model phantom
-	$(BIN)/aunet build-model brain
+	$(BIN)/aunet build-model brain --data build/wheels
 	$(BIN)/aunet build-model click
 
 study: install

@@ -26,9 +26,10 @@ from napari_aunet.engine.bundled import load_model
 from napari_aunet.engine.inference import Segmenter
 from napari_aunet.io import load_scan
 from napari_aunet.recipes import mni_tissue
+from napari_aunet.training_data import intensity_classes
 
 ANATOMICAL = Path(nib.__file__).parent / "tests" / "data" / "anatomical.nii"
-CLASSES = ("background", "grey matter", "white matter")
+CLASSES = ("background or CSF", "grey matter", "white matter")
 DEEP = (slice(66, 132), slice(80, 162), slice(60, 110))  # MNI voxels around the ventricles and basal ganglia
 MID = (slice(40, 158), slice(50, 190), slice(50, 130))
 
@@ -36,16 +37,6 @@ MID = (slice(40, 158), slice(50, 190), slice(50, 130))
 def dice(a: np.ndarray, b: np.ndarray, label: int) -> float:
     a, b = a == label, b == label
     return 2 * float((a & b).sum()) / max(1, int(a.sum() + b.sum()))
-
-
-def kmeans_1d(values: np.ndarray, classes: int = 3, iterations: int = 50) -> np.ndarray:
-    """Labels 0..classes-1 ordered by intensity (Lloyd's algorithm on the voxel values)."""
-    flat = values.ravel().astype(np.float64)
-    centres = np.percentile(flat, np.linspace(10, 90, classes))
-    for _ in range(iterations):
-        assignment = np.argmin(np.abs(flat[:, None] - centres[None]), axis=1)
-        centres = np.array([flat[assignment == k].mean() for k in range(classes)])
-    return assignment.reshape(values.shape)
 
 
 def block_mean(volume: np.ndarray, factor: int) -> np.ndarray:
@@ -56,8 +47,11 @@ def block_mean(volume: np.ndarray, factor: int) -> np.ndarray:
 
 def unseen_table(segmenter: Segmenter) -> list[str]:
     scan = load_scan(ANATOMICAL)
-    labels = segmenter.segment(scan.data, mode="2d", axis=2, spacing=scan.spacing, return_attention=False).labels
-    clusters = kmeans_1d(scan.data)
+    result = segmenter.segment(scan.data, mode="2d", axis=2, spacing=scan.spacing, return_attention=False)
+    names = result.class_names
+    grey, white = names.index("grey matter"), names.index("white matter")
+    labels = np.where(result.labels == grey, 1, np.where(result.labels == white, 2, 0))  # dark = background or CSF
+    clusters = intensity_classes(scan.data, np.ones(scan.data.shape, bool), 3)  # dark, middle, bright
     rows = ["| class | share of voxels | mean intensity | Dice with the k-means class |", "|---|---|---|---|"]
     for k, name in enumerate(CLASSES):
         inside = labels == k

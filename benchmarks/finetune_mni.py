@@ -43,8 +43,9 @@ from napari_aunet.recipes import BRAIN_CONFIG, mni_tissue
 ROOT = Path(__file__).resolve().parents[1]
 AXIS = 2  # axial in RAS
 MIN_GAP = 3  # test slices are at least this many slices away from every given slice
-# The brain model's architecture and normalisation, without a training spacing (no resampling anywhere).
-CONFIG = dataclasses.replace(BRAIN_CONFIG, spacing=None)
+# The brain model's architecture and normalisation on the three classes of mni_tissue, without a training spacing
+# (no resampling anywhere).
+CONFIG = dataclasses.replace(BRAIN_CONFIG, spacing=None, out_channels=3, class_names=BRAIN_CONFIG.class_names[:3])
 
 
 def load_mni() -> tuple[np.ndarray, np.ndarray]:

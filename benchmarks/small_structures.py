@@ -5,8 +5,9 @@ Data (nothing is downloaded at run time; the two wheels are fetched once at buil
 and read straight from the zip):
     image   the FSL MNI152 6th-generation non-linear asymmetric T1 with skull (MNI152NLin6Asym, 1 mm,
             182x218x182, int16, RAS) from the nimare wheel, nimare/resources/templates/
-            tpl-MNI152NLin6Asym_res-01_T1w.nii.gz. No model of this project was trained on it (they saw
-            the ICBM 2009a symmetric template in resources/samples). Licence: the MNI152 template as
+            tpl-MNI152NLin6Asym_res-01_T1w.nii.gz. Until 2026-11-30 no model of this project was trained on
+            it; the brain model rebuilt that day trains on it (its brain mask and intensity classes, not
+            these structures), so rows that start from `brain` no longer see an unseen head. Licence: the MNI152 template as
             distributed with FSL (Andrew Janke, MNI/McGill), under FSL's licence terms (non-commercial
             use); the nimare code around it is MIT. If the nimare wheel is missing, the ICBM 2009a T1 in
             resources/samples is used instead, with a warning, and `source` says so.

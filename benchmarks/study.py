@@ -34,7 +34,9 @@ from napari_aunet.engine.finetune import _dice_iou
 from napari_aunet.engine.model import AttentionUNet, count_parameters
 from napari_aunet.engine.phantoms import generate_phantom
 from napari_aunet.engine.training import augment, masked_loss, seed_everything
-from napari_aunet.recipes import BRAIN_CONFIG, mni_tissue
+from napari_aunet.recipes import mni_tissue
+
+MNI_CLASSES = ("background", "grey matter", "white matter")  # the labels of recipes.mni_tissue
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "study"
@@ -53,7 +55,7 @@ MNI_TRAIN_BELOW, MNI_TEST_FROM, CROP = 80, 90, 96
 def config_for(data: str, variant: str) -> ModelConfig:
     if data == "mni":
         return ModelConfig(spatial_dims=2, out_channels=3, widths=(16, 32, 64, 128),
-                           class_names=BRAIN_CONFIG.class_names, normalization=Normalization(mode="none"),
+                           class_names=MNI_CLASSES, normalization=Normalization(mode="none"),
                            **VARIANTS[variant])
     return ModelConfig(spatial_dims=2, out_channels=3, widths=(8, 16, 32, 64),
                        class_names=("background", "organ", "lesion"), normalization=Normalization(mode="none"),

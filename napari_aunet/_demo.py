@@ -1,4 +1,5 @@
-"""`aunet demo`: napari with the MNI152 T1 sample, segmented by the brain model through the plugin's widgets.
+"""`aunet demo`: napari with a real head T1 (skull, face, neck; a person no model here trained on), segmented by the
+brain model through the plugin's widgets.
 
 With ``--screenshot`` it waits for the segmentation, shows the attention levels side by side with the
 comparison table filled in, saves a screenshot of the whole window and exits.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import sys
 import time
 
-SAMPLE_KEY, SAMPLE = "mni152_t1", "MNI152 T1"
+SAMPLE_KEY, SAMPLE = "head_t1", "head T1"
 
 
 def run_demo(screenshot: str | None = None) -> int:
@@ -42,7 +43,7 @@ def run_demo(screenshot: str | None = None) -> int:
             layer.visible = layer.name.startswith("attention L2")
     viewer.layers[f"{SAMPLE} segmentation"].visible = True
     viewer.layers[f"{SAMPLE} segmentation"].contour = 1
-    viewer.dims.set_current_step(2, 95)  # an axial slice through the ventricles
+    viewer.dims.set_current_step(2, 100)  # an axial slice through the lateral ventricles
     viewer.reset_view()
     save_window(viewer, screenshot)
     print(screenshot)
@@ -64,6 +65,13 @@ def save_window(viewer, path: str) -> None:
     """Let Qt draw, save a screenshot of the whole window to ``path`` and close the viewer."""
     from qtpy.QtWidgets import QApplication
 
+    try:  # pop-up notifications (e.g. napari's PyQt5 deprecation warning) would cover the canvas
+        from napari._qt.dialogs.qt_notification import NapariQtNotification
+
+        for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
+            toast.close()
+    except ImportError:
+        pass
     for _ in range(20):
         QApplication.processEvents()
         time.sleep(0.02)

@@ -54,3 +54,14 @@ def mni152_t1_sample() -> list[tuple]:
     from ._reader import read_scan
 
     return read_scan(mni152_t1_path(), layer_type="image", name="MNI152 T1")
+
+
+def head_t1_sample() -> list[tuple]:
+    """A real person's T1 head with skull, face and neck (the ROBEX reference volume, 1.5 mm, LAS) as "head T1".
+
+    The brain model never trained on it: it is the head on which docs/models.md measures it."""
+    from ._reader import read_scan
+    from .engine.bundled import resources_dir
+    from .training_data import ROBEX_SAMPLE
+
+    return read_scan(resources_dir() / "samples" / ROBEX_SAMPLE, layer_type="image", name="head T1")

@@ -32,8 +32,9 @@ from ._views import CT_WINDOWS, VIEWS, ct_window_limits, looks_like_ct, show_pla
 from .engine.bundled import BUNDLED_MODELS, load_model
 from .engine.checkpoint import Checkpoint, CheckpointError
 from .engine.inference import SegmentationResult, Segmenter
+from .engine.postprocess import brain_mask
 from .engine.uncertainty import most_uncertain_slice, normalized_entropy
-from .io.tables import label_volumes, save_volumes_csv
+from .io.tables import label_volumes, save_volumes_csv, voxel_volume_ml
 
 FILE_CHOICE = "checkpoint file…"
 CLICK_ONLY = ("click",)  # bundled models that need clicks as input: for the Click widget only
@@ -132,6 +133,10 @@ class SegmentWidget(Container):
             text="uncertainty layer", value=False,
             tooltip="Entropy of the class probabilities per voxel; the status names the slice most worth correcting",
         )
+        self._with_brain_mask = CheckBox(
+            text="brain mask layer", value=False,
+            tooltip="Every labelled voxel of the largest connected group, holes filled (as aunet segment --brain-mask)",
+        )
         self._run = PushButton(text="Segment")
         self._go_uncertain = PushButton(text="Go to the most uncertain slice", visible=False)
         self._volumes_path = FileEdit(label="volumes CSV", mode="w", filter="*.csv")
@@ -146,7 +151,8 @@ class SegmentWidget(Container):
         self._status.native.setWordWrap(True)
         self.extend([
             self._image, self._view, self._window, self._model, self._checkpoint, self._card, self._device, self._mode, self._plane,
-            self._scope, self._with_attention, self._with_probabilities, self._with_uncertainty, self._run,
+            self._scope, self._with_attention, self._with_probabilities, self._with_uncertainty,
+            self._with_brain_mask, self._run,
             self._cancel, self._status, self._go_uncertain, self._volumes_path, self._save_volumes, self._note,
         ])
         self._model.changed.connect(self._on_model_changed)
@@ -273,6 +279,7 @@ class SegmentWidget(Container):
             "layer": layer, "source": source, "segmenter": segmenter, "volume": volume, "options": options,
             "slice_only": slice_only, "model_name": str(self._model.value), "class_names": config.class_names,
             "probabilities": self._with_probabilities.value, "uncertainty": self._with_uncertainty.value,
+            "brain_mask": self._with_brain_mask.value and slice_only is None,
             "display_axis": display_axis if source.volume.ndim == 3 else None,
         }
 
@@ -324,6 +331,8 @@ class SegmentWidget(Container):
         volumes = class_volumes_ml(result.labels, result.class_names, source.affine)
         where = "current slice" if slice_only else "volume"
         summary = ", ".join(f"{name} {value:.2f} mL" for name, value in volumes.items())
+        if request["brain_mask"]:
+            summary += f", brain mask {self._show_brain_mask(layer, source, result):.2f} mL"
         self._status.value = (f"{where} done in {seconds:.1f} s on {request['segmenter'].device.type}: {summary}"
                               + uncertain)
 
@@ -347,6 +356,22 @@ class SegmentWidget(Container):
         )
         self._state.watch_labels(new)
         return new.name
+
+    def _show_brain_mask(self, layer, source: ImageSource, result: SegmentationResult) -> float:
+        """The brain mask as its own labels layer (ours, unedited: replaced; else a new one); returns its mL."""
+        mask = brain_mask(result.labels)
+        display = source.transform.to_display(mask) if source.transform else mask
+        name = f"{layer.name} brain mask"
+        existing = self._viewer.layers[name] if name in self._viewer.layers else None
+        if (existing is not None and existing.metadata.get("aunet_brain_mask") == layer.name
+                and not self._state.is_user_edited(existing) and existing.data.shape == display.shape):
+            existing.data = display
+        else:
+            metadata = {**_copy_placement_metadata(layer), "aunet_brain_mask": layer.name}
+            new = self._viewer.add_labels(display, name=name, scale=layer.scale[-display.ndim:],
+                                          translate=layer.translate[-display.ndim:], metadata=metadata, opacity=0.4)
+            self._state.watch_labels(new)
+        return float(mask.sum()) * voxel_volume_ml(source.affine, mask.ndim)
 
     def _show_attention(self, layer, source: ImageSource, result: SegmentationResult) -> dict[int, str]:
         return show_attention_layers(self._viewer, layer, source, result.attention)

@@ -72,9 +72,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if not any(str(output).endswith(s) for s in (".nii", ".nii.gz")):
         raise CommandError(f"output '{output}' must end with .nii or .nii.gz")
-    volumes = args.volumes
-    if volumes is not None and not Path(volumes).parent.is_dir():
-        raise CommandError(f"cannot write '{volumes}': folder '{Path(volumes).parent}' does not exist")
+    volumes, mask_path = args.volumes, args.brain_mask
+    for extra in (volumes, mask_path):
+        if extra is not None and not Path(extra).parent.is_dir():
+            raise CommandError(f"cannot write '{extra}': folder '{Path(extra).parent}' does not exist")
+    if mask_path is not None and not any(str(mask_path).endswith(s) for s in (".nii", ".nii.gz")):
+        raise CommandError(f"brain mask '{mask_path}' must end with .nii or .nii.gz")
     scan = load_scan(args.input)
     volume = _spatial_volume(scan)
     checkpoint = load_model(args.model)
@@ -95,6 +98,13 @@ def cmd_segment(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - started
     save_labels(output, result.labels, reference=scan)
     written = [str(output)]
+    mask = None
+    if mask_path is not None:
+        from .engine.postprocess import brain_mask
+
+        mask = brain_mask(result.labels)
+        save_labels(mask_path, mask, reference=scan)
+        written.append(str(mask_path))
     if args.attention_dir is not None:
         folder = Path(args.attention_dir)
         folder.mkdir(parents=True, exist_ok=True)
@@ -104,6 +114,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         from .io.tables import label_volumes, save_volumes_csv
 
         rows = label_volumes(result.labels, scan.affine, result.class_names)
+        if mask is not None:
+            rows += [{**row, "label": "mask", "name": "brain mask"} for row in label_volumes(mask, scan.affine)]
         written.append(str(save_volumes_csv(volumes, rows)))
     if not args.quiet:
         counts = {
@@ -165,9 +177,12 @@ def cmd_build_model(args: argparse.Namespace) -> int:
 
     output = Path(args.output) if args.output else resources_dir() / "models" / f"{args.name}.safetensors"
     started = time.perf_counter()
-    build_bundled_model(
-        args.name, output, steps=args.steps, seed=args.seed, progress=_progress_printer("train", args.quiet)
-    )
+    try:
+        build_bundled_model(args.name, output, steps=args.steps, seed=args.seed, data=args.data,
+                            progress=_progress_printer("train", args.quiet))
+    except FileNotFoundError as error:
+        print(f"aunet build-model: {error}", file=sys.stderr)
+        return 2
     print(f"wrote {output} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     return 0
 
@@ -395,6 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("-o", "--output", required=True, metavar="OUT", help="label file to write (.nii.gz)")
     segment.add_argument("--model", default="default", help="bundled model name (default = brain, brain, phantom) or checkpoint path")
     segment.add_argument("--volumes", metavar="CSV", help="also write each class's voxel count and volume in mL")
+    segment.add_argument("--brain-mask", metavar="MASK", help="also write a brain mask (1 = brain) here: every "
+                         "labelled voxel of the largest connected group, holes filled (.nii.gz)")
     segment.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
     segment.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                          help="auto = fp16 autocast on CUDA, bf16 on a CPU with native bf16 (AVX512-BF16/AMX), "
@@ -497,6 +514,8 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("-o", "--output", help="checkpoint to write (default: the bundled file)")
     build.add_argument("--steps", type=int, help="training steps (default: the recipe's)")
     build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--data", metavar="DIR", help="folder of the wheels the brain recipe reads (default build/wheels; "
+                       "fill it with: pip download --no-deps nimare==0.22.1 -d DIR)")
     build.add_argument("-q", "--quiet", action="store_true")
     build.set_defaults(handler=cmd_build_model)
     return parser

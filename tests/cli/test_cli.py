@@ -88,6 +88,28 @@ def test_segment_writes_label_volumes_in_ml(phantom_file, tmp_path):
         assert float(row["ml"]) == pytest.approx(int(row["voxels"]) * voxel_ml, abs=1e-4)
 
 
+def test_segment_writes_a_brain_mask_and_its_volume(phantom_file, tmp_path):
+    """--brain-mask: every labelled voxel of the largest connected group, holes filled, aligned, in the CSV."""
+    import csv
+
+    out, mask_path, table = tmp_path / "seg.nii.gz", tmp_path / "mask.nii.gz", tmp_path / "volumes.csv"
+    assert main(["segment", str(phantom_file[0]), "-o", str(out), "--model", "phantom", "--brain-mask",
+                 str(mask_path), "--volumes", str(table), "-q"]) == 0
+    labels, mask = load_scan(out), load_scan(mask_path)
+    np.testing.assert_allclose(mask.affine, labels.affine)
+    assert set(np.unique(mask.data)) == {0, 1}
+    assert ((labels.data > 0) <= (mask.data > 0)).mean() > 0.99  # the mask covers (almost) every labelled voxel
+    rows = list(csv.DictReader(table.open()))
+    assert rows[-1]["name"] == "brain mask" and int(rows[-1]["voxels"]) == int(mask.data.sum())
+
+
+def test_segment_refuses_a_brain_mask_that_is_not_nifti(phantom_file, tmp_path, capsys):
+    assert main(["segment", str(phantom_file[0]), "-o", str(tmp_path / "seg.nii.gz"), "--model", "phantom",
+                 "--brain-mask", str(tmp_path / "mask.png")]) != 0
+    assert "must end with .nii or .nii.gz" in capsys.readouterr().err
+    assert not (tmp_path / "seg.nii.gz").exists()
+
+
 def test_auto_axis_slices_axially_in_a_non_ras_file(tmp_path):
     """A file stored as (S, A, R) rows: auto picks axis 0, the superior-inferior one."""
     rng = np.random.default_rng(0)
@@ -108,9 +130,10 @@ def test_info_prints_the_config_as_json(capsys):
     assert "phantom" in summary["model_card"]
     assert main(["info", "default"]) == 0  # default is the brain model, with its card and data notice
     summary = json.loads(capsys.readouterr().out)
-    assert summary["config"]["class_names"] == ["background", "grey matter", "white matter"]
+    assert summary["config"]["class_names"] == ["background", "grey matter", "white matter", "csf"]
     assert summary["config"]["spacing"] == [1.0, 1.0, 1.0]
     assert "MNI ICBM 2009a" in summary["model_card"] and "McGill" in summary["model_card"]
+    assert "FSL licence: non-commercial" in summary["model_card"]  # the data notice of every training source
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,8 @@ from napari_aunet.engine.finetune import _dice_iou
 from napari_aunet.engine.inference import Segmenter, resample
 from napari_aunet.recipes import mni_tissue
 
+BRAIN_MASK_DICE = 0.9  # measured 0.920 (docs/models.md); the margin covers bf16 against fp32 and other CPUs
+
 
 def test_default_is_the_brain_model_and_every_model_has_a_card():
     assert resolve_model_path("default") == resolve_model_path("brain")
@@ -46,19 +48,39 @@ def test_brain_model_holds_on_a_perturbed_coarser_t1():
 
 
 def test_brain_model_maps_a_real_t1_it_never_saw_by_tissue_brightness():
-    """nibabel's anatomical.nii (another subject, 2 mm, deep-brain field of view): CSF stays background, the
-    dark-grey nuclei become grey matter and the brightest tissue white matter."""
+    """nibabel's anatomical.nii (another subject, 2 mm, deep-brain field of view): the ventricles are CSF or
+    background, the dark-grey nuclei become grey matter and the brightest tissue white matter."""
     import nibabel as nib
 
     from napari_aunet.io import load_scan
 
     scan = load_scan(Path(nib.__file__).parent / "tests" / "data" / "anatomical.nii")
-    labels = Segmenter(load_model("brain"), device="cpu").segment(
-        scan.data, axis=2, spacing=scan.spacing, return_attention=False).labels
-    data = scan.data
-    background, grey, white = (float(data[labels == k].mean()) for k in range(3))
-    assert background < grey < white and white - grey > 0.1 * white
-    assert (labels[data <= np.percentile(data, 5)] == 0).mean() > 0.9  # ventricles
-    assert (labels[data >= np.percentile(data, 80)] == 2).mean() > 0.8
+    result = Segmenter(load_model("brain"), device="cpu").segment(
+        scan.data, axis=2, spacing=scan.spacing, return_attention=False)
+    names, labels, data = result.class_names, result.labels, scan.data
+    grey, white = labels == names.index("grey matter"), labels == names.index("white matter")
+    dark = ~grey & ~white  # background or CSF
+    assert float(data[dark].mean()) < float(data[grey].mean()) < float(data[white].mean())
+    assert dark[data <= np.percentile(data, 5)].mean() > 0.9  # ventricles
+    assert white[data >= np.percentile(data, 80)].mean() > 0.8
     middle = (data > np.percentile(data, 20)) & (data < np.percentile(data, 40))
-    assert (labels[middle] == 1).mean() > 0.7
+    assert grey[middle].mean() > 0.6  # measured 0.67; the band's darker edge is partial-volume CSF (0.11)
+
+
+@pytest.mark.slow
+def test_brain_model_finds_the_brain_of_a_real_head_with_skull_it_never_trained_on():
+    """The ROBEX reference head (a real person, 1.5 mm, face and neck; held out of every recipe): the brain mask
+    agrees with the head's own mask and nothing in the face or neck is called brain."""
+    from scipy import ndimage
+
+    from napari_aunet.engine.postprocess import brain_mask
+    from napari_aunet.training_data import robex
+
+    head = robex()
+    result = Segmenter(load_model("brain"), device="cpu").segment(
+        head.image, axis=2, spacing=head.spacing, return_attention=False)
+    mask, truth = brain_mask(result.labels) > 0, head.brain
+    assert 2 * (mask & truth).sum() / (mask.sum() + truth.sum()) > BRAIN_MASK_DICE
+    far = ndimage.distance_transform_edt(~truth, sampling=head.spacing) > 10  # mm from the brain
+    assert (mask & far).sum() * np.prod(head.spacing) / 1000 < 5  # mL
+    assert result.class_names == ("background", "grey matter", "white matter", "csf")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -382,6 +383,18 @@ def test_mni152_sample(viewer):
     assert rec["display"]["axes"] == [0, 1, 2] and not any(rec["display"]["flips"])
     lo, hi = layer.contrast_limits
     assert 0 <= lo < hi <= 255
+
+
+@pytest.mark.gui
+def test_real_head_sample_is_placed_in_ras_from_its_las_file(viewer):
+    """The ROBEX head (LAS file, 1.5 mm): shown flipped to RAS, placed in mm, its licence beside it."""
+    (layer,) = viewer.open_sample(PLUGIN, "head_t1")
+    assert layer.name == "head T1" and layer.data.shape == (116, 150, 155)
+    np.testing.assert_allclose(layer.scale, (1.5, 1.5, 1.5))
+    rec = layer.metadata["aunet"]
+    assert rec["source"].endswith("robex_head_t1.nii.gz")
+    assert rec["display"]["flips"][0] and not any(rec["display"]["flips"][1:])  # L -> R
+    assert (Path(rec["source"]).parent / "ROBEX_NOTICE.txt").is_file()
 
 
 @pytest.mark.gui

@@ -147,6 +147,31 @@ def test_rerun_replaces_own_layers_but_keeps_user_edits(make_napari_viewer, qtbo
     assert len(viewer.layers) == 6
 
 
+def test_brain_mask_layer_is_one_connected_filled_group_and_its_volume_is_said(
+        make_napari_viewer, qtbot, phantom_path):
+    """The *brain mask layer* box: a 0/1 layer over the image, aligned, its mL in the status; a rerun replaces it,
+    a painted one is kept."""
+    from scipy import ndimage
+
+    viewer, image, widget = _segmented(make_napari_viewer, qtbot, phantom_path, with_attention=False,
+                                       with_brain_mask=True)
+    mask = viewer.layers["phantom brain mask"]
+    labels = viewer.layers["phantom segmentation"]
+    assert set(np.unique(mask.data)) <= {0, 1} and mask.data.any()
+    np.testing.assert_allclose(mask.scale, image.scale)
+    np.testing.assert_allclose(mask.translate, image.translate)
+    assert ndimage.label(mask.data)[1] == 1
+    assert ((labels.data > 0) <= (mask.data > 0)).mean() > 0.99
+    millilitres = mask.data.sum() * np.prod(np.abs(image.scale)) / 1000
+    assert f"brain mask {millilitres:.2f} mL" in widget._status.value
+
+    _segment(widget, qtbot)
+    assert [layer.name for layer in viewer.layers].count("phantom brain mask") == 1
+    mask.paint((10, 10, 10), 1)  # the user corrects the mask: it is theirs now
+    _segment(widget, qtbot)
+    assert "phantom brain mask [1]" in viewer.layers
+
+
 def test_current_slice_only_fills_that_slice_with_undo(make_napari_viewer, qtbot, phantom_path):
     viewer = make_napari_viewer()
     image = _open(viewer, phantom_path)
