@@ -39,8 +39,8 @@ def run_demo(screenshot: str | None = None) -> int:
     viewer.layers[f"{SAMPLE} segmentation"].visible = False
     compare.show_overlay()
     for layer in viewer.layers:
-        if layer.name.startswith("attention L"):
-            layer.visible = layer.name.startswith("attention L2")
+        if layer.name.startswith(f"{SAMPLE} attention L"):
+            layer.visible = layer.name.startswith(f"{SAMPLE} attention L2")
     viewer.layers[f"{SAMPLE} segmentation"].visible = True
     viewer.layers[f"{SAMPLE} segmentation"].contour = 1
     viewer.dims.set_current_step(2, 100)  # an axial slice through the lateral ventricles

@@ -374,7 +374,8 @@ class SegmentWidget(Container):
         return float(mask.sum()) * voxel_volume_ml(source.affine, mask.ndim)
 
     def _show_attention(self, layer, source: ImageSource, result: SegmentationResult) -> dict[int, str]:
-        return show_attention_layers(self._viewer, layer, source, result.attention)
+        # Named after the image, so segmenting a second scan never replaces the first one's maps.
+        return show_attention_layers(self._viewer, layer, source, result.attention, prefix=f"{layer.name} ")
 
     def _show_uncertainty(self, layer, source: ImageSource, result: SegmentationResult, request: dict) -> str:
         """The entropy layer, and the most uncertain slice along the slicing axis (returned as a status suffix)."""

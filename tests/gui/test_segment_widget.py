@@ -56,7 +56,8 @@ def test_segment_then_compare_end_to_end(make_napari_viewer, qtbot, phantom_path
 
     names = [layer.name for layer in viewer.layers]
     assert names == [
-        "phantom", "phantom segmentation", "attention L1 (1/1)", "attention L2 (1/2)", "attention L3 (1/4)",
+        "phantom", "phantom segmentation", "phantom attention L1 (1/1)", "phantom attention L2 (1/2)",
+        "phantom attention L3 (1/4)",
     ]
     labels = viewer.layers["phantom segmentation"]
     assert labels.data.shape == image.data.shape
@@ -71,7 +72,7 @@ def test_segment_then_compare_end_to_end(make_napari_viewer, qtbot, phantom_path
 
     rng = np.random.default_rng(0)
     for level, attention in reference.attention.items():
-        layer = viewer.layers[f"attention L{level} (1/{attention.factor})"]
+        layer = viewer.layers[f"phantom attention L{level} (1/{attention.factor})"]
         assert layer.data.size == attention.data.size  # native resolution, no upsampled copy
         assert layer.blending == "additive" and tuple(layer.contrast_limits) == (0.0, 1.0)
         level_affine = attention.geometry.affine(AFFINE)
@@ -86,7 +87,7 @@ def test_segment_then_compare_end_to_end(make_napari_viewer, qtbot, phantom_path
     # A delta in the scan: the level-3 cell over it is the one whose world box contains the voxel.
     voxel = (7, 21, 30)
     world_voxel = (AFFINE @ [*voxel, 1.0])[:3]
-    layer3 = viewer.layers["attention L3 (1/4)"]
+    layer3 = viewer.layers["phantom attention L3 (1/4)"]
     cell_display = np.round(np.asarray(layer3.world_to_data(world_voxel)))
     centre_world = np.asarray(layer3.data_to_world(cell_display))
     assert np.all(np.abs(centre_world - world_voxel) <= np.abs(np.asarray(layer3.scale)) / 2 + 1e-6)
@@ -112,7 +113,8 @@ def test_segment_then_compare_end_to_end(make_napari_viewer, qtbot, phantom_path
     compare._levels.value = [1, 3]
     compare.show_side_by_side()
     assert viewer.canvas.grid.enabled
-    assert viewer.layers["attention L1 (1/1)"].visible and not viewer.layers["attention L2 (1/2)"].visible
+    assert viewer.layers["phantom attention L1 (1/1)"].visible
+    assert not viewer.layers["phantom attention L2 (1/2)"].visible
     compare.show_overlay()
     assert not viewer.canvas.grid.enabled and viewer.layers["phantom"].visible
 
@@ -126,6 +128,33 @@ def test_segment_then_compare_end_to_end(make_napari_viewer, qtbot, phantom_path
     picture = QImage(str(png))
     # The displayed plane is (A, S) = (45, 20) voxels: the scan then three levels, 2-pixel separators.
     assert (picture.height(), picture.width()) == (45, 4 * 20 + 3 * 2)
+
+
+def test_two_images_segmented_one_after_the_other_keep_both_sets_of_layers(
+        make_napari_viewer, qtbot, phantom_path, tmp_path):
+    """Every layer Segment adds is named after its image: the second scan never replaces the first one's maps,
+    and Compare's table follows the image chosen."""
+    viewer, first, widget = _segmented(make_napari_viewer, qtbot, phantom_path)
+    other = generate_phantom((16, 40, 30), seed=12)
+    nib.save(nib.Nifti1Image((other.image * 100).astype(np.int16), AFFINE), tmp_path / "second.nii.gz")
+    second = _open(viewer, tmp_path / "second.nii.gz")
+    widget._image.value = second
+    _segment(widget, qtbot)
+    for image in (first, second):
+        for level, factor in ((1, 1), (2, 2), (3, 4)):
+            layer = viewer.layers[f"{image.name} attention L{level} (1/{factor})"]
+            assert layer.metadata["aunet_attention"]["image"] == image.name
+        assert f"{image.name} segmentation" in viewer.layers
+    assert viewer.layers["phantom attention L1 (1/1)"].data.shape != viewer.layers["second attention L1 (1/1)"].data.shape
+    compare = AttentionWidget(viewer)
+    viewer.window.add_dock_widget(compare)
+    compare.reset_choices()
+    tables = {}
+    for name in ("phantom", "second"):
+        compare._image.value = name
+        compare.update_table()
+        tables[name] = [row[2] for row in compare._table.value["data"]]
+    assert tables["phantom"] != tables["second"]
 
 
 def test_rerun_replaces_own_layers_but_keeps_user_edits(make_napari_viewer, qtbot, phantom_path):
@@ -183,7 +212,7 @@ def test_current_slice_only_fills_that_slice_with_undo(make_napari_viewer, qtbot
     labels = viewer.layers["phantom segmentation"].data
     filled = [index for index in range(labels.shape[0]) if labels[index].any()]
     assert filled == [int(np.round(image.world_to_data(viewer.dims.point)[0]))]
-    assert viewer.layers["attention L2 (1/2)"].data.shape[0] == 1
+    assert viewer.layers["phantom attention L2 (1/2)"].data.shape[0] == 1
 
 
 def test_errors_are_notifications_not_crashes(make_napari_viewer, qtbot, phantom_path, monkeypatch):
