@@ -15,13 +15,13 @@ import torch
 from scipy import ndimage
 
 from .engine.augment import StrongAugmentation
-from .engine.bundled import ALIASES, resources_dir
+from .engine.bundled import ALIASES
 from .engine.checkpoint import save_checkpoint
 from .engine.config import ModelConfig, Normalization
 from .engine.intensity import normalize
 from .engine.model import AttentionUNet
 from .engine.training import PHANTOM_CONFIG, Batch, seed_everything, train, train_phantom_model
-from .training_data import CLASS_NAMES, MNI_STEM, Head, mni152nlin6, mni2009a, tilted
+from .training_data import CLASS_NAMES, Head, mni152nlin6, mni2009a, mni_tissue, tilted
 
 PHANTOM_CARD = """\
 phantom — 2D Attention U-Net (widths 8-16-32-64, gates at levels 1-3), 3 classes: background, organ, lesion.
@@ -69,19 +69,6 @@ BRAIN_STEPS, BRAIN_BATCH, BRAIN_CROP, BRAIN_TILTS = 4000, 8, 128, 3
 BRAIN_SYNTHETIC, BRAIN_OUTSIDE = 0.0, 0.0  # measured worse on the held-out head (docs/models.md)
 BRAIN_AUGMENTATION = StrongAugmentation(rotation=20.0, scale=(0.8, 1.2), gamma=(0.5, 2.0), contrast=(0.6, 1.3),
                                         elastic=0.03, low_resolution=0.4)
-
-
-def mni_tissue() -> tuple[np.ndarray, np.ndarray]:
-    """The MNI152 T1 (file order, RAS) and labels 0 background, 1 grey matter, 2 white matter from its maps."""
-    from .io import load_scan
-
-    samples = resources_dir() / "samples"
-    t1, gm, wm = (load_scan(samples / MNI_STEM.format(kind)).data for kind in ("t1", "gm", "wm"))
-    gm, wm = gm.astype(np.int16), wm.astype(np.int16)
-    labels = np.zeros(gm.shape, np.uint8)
-    labels[(gm >= wm) & (gm >= 128)] = 1
-    labels[(wm > gm) & (wm >= 128)] = 2
-    return np.ascontiguousarray(t1), labels
 
 
 def synthetic_image(tissue: np.ndarray, rng: np.random.Generator, classes: int) -> np.ndarray:
@@ -191,7 +178,7 @@ def build_bundled_model(
             output, model, BRAIN_CONFIG, history=history,
             provenance={"recipe": "brain", "steps": steps, "seed": seed, "batch_size": BRAIN_BATCH,
                         "crop": BRAIN_CROP, "synthetic_share": BRAIN_SYNTHETIC, "tilted_copies": BRAIN_TILTS,
-                        "data": [head.source for head in heads],
+                        "data": list(dict.fromkeys(head.source for head in heads)),  # tilted copies: same source
                         "held_out": "the ROBEX reference head (resources/samples/robex_head_t1.nii.gz)",
                         "label_rule": "2009a: GM gm >= wm and gm >= 128, WM wm > gm and wm >= 128; MNI152NLin6Asym: "
                                       "3-class intensity k-means inside the brain mask; CSF: the rest of the mask"},

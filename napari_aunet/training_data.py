@@ -56,11 +56,16 @@ class Head:
 
     @property
     def spacing(self) -> tuple[float, ...]:
-        return tuple(float(s) for s in np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0)))
+        return spacing_of(self.affine)
 
     @property
     def brain(self) -> np.ndarray:
         return self.labels > 0
+
+
+def spacing_of(affine: np.ndarray) -> tuple[float, ...]:
+    """Voxel size (mm) along each array axis of a 4x4 affine."""
+    return tuple(float(s) for s in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0)))
 
 
 def wheel(directory: str | Path, package: str) -> Path:
@@ -139,15 +144,26 @@ def _head(name: str, image: np.ndarray, brain: np.ndarray, grey_white: np.ndarra
     return Head(name, image, labels, tissue, np.asarray(affine, np.float64), source)
 
 
-def mni2009a() -> Head:
-    """The ICBM 2009a T1 (skull-stripped) with GM/WM from its probability maps; brain = the non-zero voxels."""
+def mni_tissue() -> tuple[np.ndarray, np.ndarray]:
+    """The MNI152 T1 (file order, RAS) and labels 0 background, 1 grey matter, 2 white matter from its maps."""
+    from .io import load_scan
+
     samples = resources_dir() / "samples"
-    loaded = {kind: nib.load(samples / MNI_STEM.format(kind)) for kind in ("t1", "gm", "wm")}
-    t1, gm, wm = (_voxels(loaded[kind]) for kind in ("t1", "gm", "wm"))
-    grey_white = np.zeros(t1.shape, np.uint8)
-    grey_white[(gm >= wm) & (gm >= 128)] = 1
-    grey_white[(wm > gm) & (wm >= 128)] = 2
-    return _head("mni2009a", t1, t1 > 0, grey_white, loaded["t1"].affine,
+    t1, gm, wm = (load_scan(samples / MNI_STEM.format(kind)).data for kind in ("t1", "gm", "wm"))
+    gm, wm = gm.astype(np.int16), wm.astype(np.int16)
+    labels = np.zeros(gm.shape, np.uint8)
+    labels[(gm >= wm) & (gm >= 128)] = 1
+    labels[(wm > gm) & (wm >= 128)] = 2
+    return np.ascontiguousarray(t1), labels
+
+
+def mni2009a() -> Head:
+    """The ICBM 2009a T1 (skull-stripped) with GM/WM from its probability maps (:func:`mni_tissue`); brain = the
+    non-zero voxels."""
+    t1, grey_white = mni_tissue()
+    image = t1.astype(np.float32)
+    affine = nib.load(resources_dir() / "samples" / MNI_STEM.format("t1")).affine
+    return _head("mni2009a", image, image > 0, grey_white, affine,
                  f"resources/samples/{MNI_STEM.format('{t1,gm,wm}')} (MNI ICBM 2009a, see MNI152_NOTICE.txt)")
 
 
