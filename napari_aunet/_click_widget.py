@@ -11,10 +11,11 @@ of the object under them. *Next object* starts a new label id.
 from __future__ import annotations
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, create_widget
+from magicgui.widgets import CheckBox, ComboBox, Label, PushButton, create_widget
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_warning
 
+from ._fit import ScrollingContainer
 from ._segment_widget import (
     PLANES,
     VIEW_PLANE,
@@ -34,11 +35,11 @@ from .engine.inference import Segmenter
 POSITIVE_COLOR, NEGATIVE_COLOR = "#33dd55", "#ff3355"
 
 
-class ClickWidget(Container):
+class ClickWidget(ScrollingContainer):
     """Segment objects with clicks."""
 
     def __init__(self, napari_viewer) -> None:
-        super().__init__(labels=True)
+        super().__init__()
         self._viewer = napari_viewer
         self._state = state_for(napari_viewer)
         self._image = create_widget(label="image", annotation=Image)
@@ -69,6 +70,7 @@ class ClickWidget(Container):
         self.object_id = 1
         self._state.model_listeners.append(self._on_use_model)
         self._show_card(self._model.value)
+        self.fit_screen()
 
     def _show_card(self, name: str) -> None:
         """The model card's first line and what the model is: v2 (click-guided) or v1 (segmentation + component)."""

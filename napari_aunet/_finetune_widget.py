@@ -9,13 +9,13 @@ model goes to the Click widget.
 from __future__ import annotations
 
 import math
+import time
 from datetime import datetime
 
 import numpy as np
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
-    Container,
     FileEdit,
     FloatSpinBox,
     Label,
@@ -32,6 +32,7 @@ from qtpy.QtCore import QPointF, Qt, QTimer
 from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import QWidget
 
+from ._fit import ScrollingContainer
 from ._layers import layer_class_names
 from ._orientation import file_order
 from ._segment_widget import PLANES, VIEW_PLANE, chosen_path, image_source, slicing_display_axis
@@ -44,6 +45,8 @@ from .engine.heads import class_names_for_labels
 from .engine.interpolate import interpolate_between_slices
 
 SCRATCH = "none (from scratch)"
+USE_TEXT = "Use the new model"
+USE_WORSE_TEXT = "Use it anyway (worse on held-out slices)"
 
 
 class CurvePlot(QWidget):
@@ -100,19 +103,21 @@ def _training_device():
     return resolve_device("auto")
 
 
-class FineTuneWidget(Container):
+class FineTuneWidget(ScrollingContainer):
     """Train the current model on the corrected slices of a Labels layer."""
 
     def __init__(self, napari_viewer) -> None:
-        super().__init__(labels=True)
+        super().__init__()
         self._viewer = napari_viewer
         self._state = state_for(napari_viewer)
         self._worker = None
         self._progress = None
         self._previous_model: str | None = None
         self._result = None
+        self._worse = False  # the last result scores below its starting model on the held-out slices
+        self._settings, self._started = None, 0.0
         self._image = create_widget(label="image", annotation=Image)
-        self._labels = create_widget(label="corrected labels", annotation=Labels)
+        self._labels_layer = create_widget(label="corrected labels", annotation=Labels)
         self._model = ComboBox(label="start from", choices=self._model_choices)
         self._plane = ComboBox(label="slices", choices=[VIEW_PLANE, *PLANES], value=VIEW_PLANE)
         self._only_annotated = CheckBox(
@@ -134,24 +139,25 @@ class FineTuneWidget(Container):
         self._val_fraction = FloatSpinBox(label="validation fraction", value=0.1, min=0.0, max=0.9, step=0.05)
         self._run = PushButton(text="Fine-tune")
         self._cancel = PushButton(text="Cancel", enabled=False)
+        self._progress_line = Label(label="progress")
         self._plot = CurvePlot()
         self._table = Table(value=_scores_table({}, {}))
         self._table.native.setMinimumHeight(100)
-        self._use = PushButton(text="Use the new model", enabled=False)
+        self._use = PushButton(text=USE_TEXT, enabled=False)
         self._revert = PushButton(text="Revert to the previous model", enabled=False)
         self._save_path = FileEdit(label="save as", mode="w", filter="*.safetensors")
         self._save = PushButton(text="Save model", enabled=False)
         self._status = Label(label="status")
         self._status.native.setWordWrap(True)
         self.extend([
-            self._image, self._labels, self._model, self._plane, self._only_annotated, self._review, self._fill,
+            self._image, self._labels_layer, self._model, self._plane, self._only_annotated, self._review, self._fill,
             self._annotated, self._steps, self._budget, self._learning_rate, self._val_fraction, self._run,
-            self._cancel,
+            self._cancel, self._progress_line,
         ])
-        self.native.layout().addWidget(self._plot)
+        self.inner.layout().addWidget(self._plot)
         self.extend([self._table, self._use, self._revert, self._save_path, self._save, self._status])
         self._watched: set[int] = set()
-        self._labels.changed.connect(self._on_labels_changed)
+        self._labels_layer.changed.connect(self._on_labels_changed)
         self._review.clicked.connect(self.mark_reviewed)
         self._fill.clicked.connect(self.fill_between)
         self._run.clicked.connect(self.run)
@@ -159,7 +165,18 @@ class FineTuneWidget(Container):
         self._use.clicked.connect(self.use_new_model)
         self._revert.clicked.connect(self.revert)
         self._save.clicked.connect(lambda: self.save_model())
-        self._on_labels_changed(self._labels.value)
+        self._on_labels_changed(self._labels_layer.value)
+        napari_viewer.layers.selection.events.active.connect(self._follow_selection)
+        self.fit_screen()
+
+    def _follow_selection(self, event=None) -> None:
+        """The layer the user selects in the layer list becomes the image or the labels to train on."""
+        layer = self._viewer.layers.selection.active
+        if self.running or layer is None:
+            return
+        target = self._labels_layer if isinstance(layer, Labels) else self._image if isinstance(layer, Image) else None
+        if target is not None and layer in target.choices and "aunet_attention" not in layer.metadata:
+            target.value = layer
 
     # ----- annotated slices -------------------------------------------------------------------
     def _model_choices(self, widget=None) -> list[str]:
@@ -187,7 +204,7 @@ class FineTuneWidget(Container):
         return slicing_display_axis(self._viewer, self._plane.value, layer.ndim)
 
     def annotated_display_slices(self) -> list[int]:
-        layer = self._labels.value
+        layer = self._labels_layer.value
         if layer is None:
             return []
         axis = self._display_axis(layer)
@@ -205,7 +222,7 @@ class FineTuneWidget(Container):
         self._annotated.value = f"{len(slices)} slice(s): {shown}" if slices else "none yet: paint or mark reviewed"
 
     def mark_reviewed(self) -> None:
-        layer = self._labels.value
+        layer = self._labels_layer.value
         if layer is None:
             show_warning("Choose the labels layer you corrected first.")
             return
@@ -216,7 +233,7 @@ class FineTuneWidget(Container):
 
     def fill_between(self) -> list[int]:
         """Interpolate the labels between consecutive annotated slices as one undoable edit; returns the slices."""
-        layer = self._labels.value
+        layer = self._labels_layer.value
         if layer is None:
             show_warning("Choose the labels layer you corrected first.")
             return []
@@ -249,7 +266,7 @@ class FineTuneWidget(Container):
         if self.running:
             show_warning("Fine-tuning is already running: wait for it or press Cancel.")
             return
-        image, labels = self._image.value, self._labels.value
+        image, labels = self._image.value, self._labels_layer.value
         if image is None or labels is None:
             show_warning("Choose the image and the labels layer you corrected.")
             return
@@ -270,6 +287,10 @@ class FineTuneWidget(Container):
             show_error(f"Cannot fine-tune: {error}")
             return
         self._previous_model = model_name
+        self._worse = False
+        self._use.text = USE_TEXT
+        self._settings, self._started = settings, time.monotonic()
+        self._progress_line.value = "starting…"
         self._plot.clear()
         self._progress = progress(total=settings.steps, desc="Fine-tuning")
         worker = _fine_tune_in_worker(checkpoint.build_model(), [pair], settings, class_names)
@@ -319,6 +340,8 @@ class FineTuneWidget(Container):
     def _on_step(self, update) -> None:
         step, total, loss, dice = update
         self._plot.add(loss, dice)
+        self._progress_line.value = progress_text(step, total, time.monotonic() - self._started,
+                                                  self._settings.time_budget)
         if self._progress is not None:
             self._progress.n = step if total else 0
             self._progress.refresh()
@@ -352,15 +375,31 @@ class FineTuneWidget(Container):
         before, after = result.before.get("mean_dice"), result.after.get("mean_dice")
         change = f"held-out mean Dice {before:.3f} → {after:.3f}" if before is not None and after is not None else \
             "no held-out slice (validation fraction 0 or too few slices)"
+        self._worse = before is not None and after is not None and after < before
+        self._use.text = USE_TEXT
+        self._progress_line.value = f"{result.steps} steps in {result.seconds:.0f} s; " + held_out_text(result)
         kept = f" (weights of step {result.best_step}, best on the held-out slices)" if (
             result.best_step is not None and result.best_step != result.steps) else ""
         started = "a new network" if self._previous_model == SCRATCH else f"'{_canonical(self._previous_model)}'"
         self._set_status(f"from {started}: {result.steps} steps in {result.seconds:.0f} s; {change}{kept}"
                          + (f"; {head}" if result.head is not None and result.head.changed else ""))
+        if self._worse:
+            message = (f"The new model is worse than '{_canonical(self._previous_model)}' on the held-out slices "
+                       f"(mean Dice {before:.3f} → {after:.3f}); '{_canonical(self._previous_model)}' stays active "
+                       f"unless you confirm with '{USE_TEXT}' twice.")
+            self._set_status(message)
+            show_warning(message)
 
     # ----- keep, save, revert ----------------------------------------------------------------
     def use_new_model(self) -> str | None:
+        """Make the new model the one to segment (or click) with. A model worse on the held-out slices than the
+        one it started from is only taken on a second press, once the button says so (the user insisting)."""
         if self._result is None:
+            return None
+        if self._worse and self._use.text != USE_WORSE_TEXT:  # first press: ask to confirm
+            self._use.text = USE_WORSE_TEXT
+            show_warning(f"This model scored worse than '{_canonical(self._previous_model)}' on the held-out "
+                         f"slices; press '{USE_WORSE_TEXT}' to use it all the same.")
             return None
         name = f"fine-tuned {datetime.now():%H:%M:%S}"
         self._state.use_model(name, self._result)
@@ -394,6 +433,28 @@ class FineTuneWidget(Container):
 
     def _set_status(self, text: str) -> None:
         self._status.value = text
+
+
+def progress_text(step: int, total: int | None, elapsed: float, budget: float | None) -> str:
+    """``step 120 of 400 · 34 s · about 80 s left``: the left time from the step rate, the budget, or both."""
+    left = []
+    if total:
+        left.append((total - step) * elapsed / max(step, 1))
+    if budget:
+        left.append(budget - elapsed)
+    remaining = f" · about {max(0.0, min(left)):.0f} s left" if left else ""
+    return f"step {step}{f' of {total}' if total else ''} · {elapsed:.0f} s{remaining}"
+
+
+def held_out_text(result) -> str:
+    """One line on what the held-out Dice is measured on."""
+    held_out = sorted({index for indices in result.val_slices.values() for index in indices})
+    trained = sorted({index for indices in result.train_slices.values() for index in indices})
+    if not held_out:
+        return f"trained on {len(trained)} annotated slice(s); none held out, so no check on unseen slices"
+    shown = ", ".join(map(str, held_out[:6])) + ("…" if len(held_out) > 6 else "")
+    return (f"held-out Dice: mean over classes on {len(held_out)} annotated slice(s) not trained on "
+            f"(file slices {shown}); trained on the other {len(trained)}")
 
 
 def _canonical(model_name: str) -> str:

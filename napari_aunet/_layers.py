@@ -19,6 +19,7 @@ ATTENTION_NOTE = (
 )
 # Colours of classes 1, 2, … (class 0, background, is transparent).
 CLASS_COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#ffe119", "#f58231", "#911eb4", "#46f0f0", "#f032e6")
+PAINTABLE_VALUES = 255  # label values given a colour: every value a uint8 labels layer holds
 
 
 def attention_layer_name(level: int, factor: int) -> str:
@@ -37,16 +38,28 @@ def placed(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, dict]:
 
 
 def labels_appearance(class_names: tuple[str, ...]) -> dict:
-    """Class names as features (one row per label value) and a fixed colour per class."""
+    """Class names as features (one row per label value) and a fixed colour per class.
+
+    Values beyond the model's classes (a class the user paints in) get napari's own label colours, so a painted
+    new class is as visible as the model's.
+    """
     from napari.utils.colormaps import DirectLabelColormap
 
-    colors = {None: "transparent", 0: "transparent"}
-    for index in range(1, len(class_names)):
-        colors[index] = CLASS_COLORS[(index - 1) % len(CLASS_COLORS)]
     return {
         "features": {"index": list(range(len(class_names))), "class": list(class_names)},
-        "colormap": DirectLabelColormap(color_dict=colors),
+        "colormap": DirectLabelColormap(color_dict=class_colors()),
     }
+
+
+def class_colors() -> dict:
+    """Label value -> colour: ours for values 1-8, napari's label palette beyond; 0 transparent."""
+    from napari.utils.colormaps import label_colormap
+
+    palette = label_colormap(PAINTABLE_VALUES).colors
+    colors = {None: "transparent", 0: "transparent"}
+    for index in range(1, PAINTABLE_VALUES + 1):
+        colors[index] = CLASS_COLORS[index - 1] if index <= len(CLASS_COLORS) else tuple(palette[index % len(palette)])
+    return colors
 
 
 def layer_class_names(layer) -> dict[int, str]:

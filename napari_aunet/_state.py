@@ -50,6 +50,14 @@ class AunetState:
     reviewed: dict[int, dict[int, set[int]]] = field(default_factory=dict)
     # called with a model name when a widget makes it the one to segment with
     model_listeners: list = field(default_factory=list)
+    # called with the image layer's name when a segmentation of it has finished and its layers are in place
+    run_listeners: list = field(default_factory=list)
+
+    def record_run(self, run: SegmentationRun) -> None:
+        """Remember ``run`` as the last segmentation of its image and tell the widgets."""
+        self.runs[run.image_layer] = run
+        for listener in list(self.run_listeners):
+            listener(run.image_layer)
 
     def use_model(self, name: str, checkpoint: Checkpoint | None = None) -> None:
         """Register ``checkpoint`` under ``name`` (when given) and tell the widgets to select it."""

@@ -93,6 +93,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         overlap=args.overlap,
         return_attention=args.attention_dir is not None,
         spacing=scan.spacing,
+        views=args.views,
         progress=_progress_printer("segment", args.quiet),
     )
     elapsed = time.perf_counter() - started
@@ -125,7 +126,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         }
         print(
             f"segmented {scan.data.shape} on {segmenter.device.type} ({mode}"
-            f"{f', axis {axis}' if axis is not None else ''}) in {elapsed:.1f} s; voxels per class: {counts}"
+            f"{f', axis {axis}' if axis is not None else ''}{', 3 views' if result.views == 3 else ''})"
+            f" in {elapsed:.1f} s; voxels per class: {counts}"
             + (f"; resampled to {result.resampled_shape} for the model's {checkpoint.config.spacing} mm voxels"
                if result.resampled_shape else ""),
             file=sys.stderr,
@@ -419,6 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--mode", choices=("2d", "3d"), help="2d slice by slice, 3d sliding window (default: the model's)")
     segment.add_argument("--axis", default="auto",
                          help="slicing axis in 2d mode, in the file's array order (auto = axial, from the affine)")
+    segment.add_argument("--views", type=int, choices=(1, 3),
+                         help="2d: segment along the slicing axis only (1) or along all three axes and average (3); "
+                              "default: the model's (brain: 3)")
     segment.add_argument("--roi-size", type=int, default=96, help="3d window size in voxels (default 96)")
     segment.add_argument("--overlap", type=float, default=0.25, help="3d window overlap fraction (default 0.25)")
     segment.add_argument("--batch-size", type=int, default=8, help="slices or windows per batch (default 8)")

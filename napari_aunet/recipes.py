@@ -44,7 +44,9 @@ p_gm >= p_wm and p_gm >= 0.5, white p_wm > p_gm and p_wm >= 0.5, CSF the rest of
 intensity clustering inside it). Augmentation: rotation +-20 degrees, scale 0.8-1.2, flips, smooth deformation,
 voxels up to 3x coarser, bias field, gamma 0.5-2.0, contrast 0.6-1.3, noise. Judged on a head it never trained
 on: the ROBEX reference head (a real person, 1.5 mm, face and neck; the "Real head T1" sample), see
-docs/models.md. Other contrasts (T2, PD, CT) are outside what it knows. Not a clinical model.
+docs/models.md. A 3D scan is segmented along all three axes and the probabilities averaged (`--views 3`, about
+4.5x the time of axial slices alone; brain mask Dice 0.950 against 0.924 there). Other contrasts (T2, PD, CT) are
+outside what it knows. Not a clinical model.
 Data notices: MNI ICBM 2009a, Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre, Montreal
 Neurological Institute, McGill University (resources/samples/MNI152_NOTICE.txt); MNI152NLin6Asym T1 and brain
 mask as distributed with FSL (Andrew Janke; FSL licence: non-commercial use, which these weights inherit), read
@@ -63,6 +65,9 @@ BRAIN_CONFIG = ModelConfig(
     # better (white matter 0.92 / 0.92 / 0.97, against 0.75 / 0.84 / 0.94 at 99.5).
     normalization=Normalization(mode="percentile", lower=0.5, upper=98.0),
     spacing=(1.0, 1.0, 1.0),
+    # trained on slices of all three axes: averaging the three views lifts the held-out head's brain mask Dice
+    # from 0.92 to 0.95 (the cerebellum and temporal poles are hard to tell from the skull base in axial slices)
+    views=3,
 )
 DEFAULT_DATA = Path("build") / "wheels"  # where `make models` puts the wheels the brain recipe reads
 BRAIN_STEPS, BRAIN_BATCH, BRAIN_CROP, BRAIN_TILTS = 4000, 8, 128, 3

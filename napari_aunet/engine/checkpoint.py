@@ -107,10 +107,12 @@ def write_atomic(path: Path, payload: bytes) -> None:
 
 def _sniff(path: Path) -> str:
     with open(path, "rb") as stream:
-        head = stream.read(8)
+        head = stream.read(9)
     if head[:2] == b"PK":
         return "it is a zip archive (a pickled PyTorch file?); napari-aunet never unpickles files"
-    if head[:1] == b"\x80":
+    if len(head) == 9 and head[8:9] == b"{":  # an 8-byte header length, then the JSON header
+        return "it is a damaged or truncated safetensors file"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         return "it is a Python pickle; napari-aunet never unpickles files"
     if len(head) < 8:
         return "it is empty or truncated"

@@ -56,6 +56,9 @@ class ModelConfig:
     # "fine": the gate at the skip's own grid with g = the upsampled decoder features (DESIGN.md);
     # "coarse": Oktay et al.'s gate at the coarser grid (strided W_x, g = the coarser features, psi upsampled)
     gate_grid: str = "fine"
+    # 2D models: how many slicing axes a 3D scan is segmented along by default (1 = the chosen axis only, 3 = all
+    # three with their probabilities averaged, for a model trained on slices of all three axes)
+    views: int = 1
 
     def __post_init__(self) -> None:
         # JSON gives lists; keep tuples so configs compare and hash as values.
@@ -68,6 +71,8 @@ class ModelConfig:
             object.__setattr__(self, "spacing", tuple(float(s) for s in self.spacing))
         if self.gate_grid not in ("fine", "coarse"):
             raise ValueError(f"gate_grid must be 'fine' or 'coarse', got {self.gate_grid!r}")
+        if self.views not in (1, 3):
+            raise ValueError(f"views must be 1 or 3, got {self.views}")
         if self.spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
         if len(self.widths) < 2:

@@ -1,10 +1,16 @@
 """Inference: a numpy volume in, labels + probabilities + per-level attention maps (with geometry) out.
 
 Two modes:
-- ``2d``: a 2D model applied slice by slice along a chosen axis, slices batched.
+- ``2d``: a 2D model applied slice by slice along a chosen axis, slices batched; with ``views=3`` also along the
+  other two axes and the three probability maps averaged (view aggregation, as FastSurfer does).
 - ``3d``: a 3D model applied in overlapping windows blended with a Gaussian weight (probabilities at the
   input grid, attention maps at each level's own grid).
 Attention maps stay at their level's native resolution (float16), never upsampled.
+
+Labels: a voxel is background only when background is more likely than all other classes together; otherwise it
+gets its most likely non-background class. With two classes this is the argmax; with several tissue classes it
+keeps a voxel whose probability is split between, say, grey matter and CSF from falling to background (the
+binary "is it brain?" decision a brain mask makes).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import functools
 import math
 import threading
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -27,6 +33,7 @@ from .intensity import BadVolumeError, check_volume, normalize
 from .model import AttentionUNet
 
 ProgressCallback = Callable[[int, int], None]
+MIN_VIEW_SLICES = 32  # a 3D volume thinner than this along any axis is segmented along the chosen axis only
 CancelFlag = Callable[[], bool] | threading.Event | None
 
 
@@ -104,6 +111,19 @@ class SegmentationResult:
     mode: str = "2d"
     axis: int | None = None
     resampled_shape: tuple[int, ...] | None = None  # the grid the model ran on, when the spacing was adapted
+    views: int = 1  # slicing directions averaged (2D mode)
+
+
+def decide(probabilities: np.ndarray, class_axis: int = 0) -> np.ndarray:
+    """Labels from class probabilities (class 0 = background): see the module's docstring."""
+    probabilities = np.moveaxis(probabilities, class_axis, 0)
+    classes = probabilities.shape[0]
+    dtype = np.uint8 if classes <= 256 else np.uint16
+    if classes <= 2:
+        return probabilities.argmax(axis=0).astype(dtype)
+    labels = (probabilities[1:].argmax(axis=0) + 1).astype(dtype)
+    labels[probabilities[0] > 0.5] = 0
+    return labels
 
 
 def resample(array: np.ndarray, shape: tuple[int, ...], mode: str = "linear", leading: int = 0) -> np.ndarray:
@@ -226,13 +246,16 @@ class Segmenter:
         return_probabilities: bool = False,
         return_attention: bool = True,
         spacing: tuple[float, ...] | None = None,
+        views: int | None = None,
     ) -> Generator[tuple[int, int], None, SegmentationResult]:
         """Generator form: yields ``(done, total)`` after each batch and returns the result.
 
         Stop early by closing the generator (or simply not resuming it): this is how a GUI worker
         cancels between batches. ``mode`` defaults to the model's own dimensionality; ``axis`` is the
         slicing axis in ``2d`` mode; ``roi_size`` and ``overlap`` (fraction of the window shared by
-        neighbours) apply to ``3d`` mode.
+        neighbours) apply to ``3d`` mode. ``views`` (2D mode, 3D volumes; default: the model's own) = 3 also
+        segments along the other two axes and averages the probabilities; attention maps come from ``axis``;
+        a volume thinner than ``MIN_VIEW_SLICES`` along any axis gets one view.
         """
         volume = np.asarray(volume)
         check_volume(volume)
@@ -249,8 +272,20 @@ class Segmenter:
             raise ValueError("this is a 3D model: use mode 3d (sliding window)")
         if mode == "3d" and volume.ndim != 3:
             raise BadVolumeError(f"a 3D model needs a 3D volume, got shape {volume.shape}")
+        views = self.config.views if views is None else views
+        if views not in (1, 3):
+            raise ValueError(f"views must be 1 or 3, got {views}")
+        # a slab only a few slices thick has no usable coronal or sagittal slices: one view there
+        several = mode == "2d" and views == 3 and volume.ndim == 3 and min(volume.shape) >= MIN_VIEW_SLICES
         normalized = normalize(volume, self.config.normalization)
-        target_shape = self.adapted_shape(volume.shape, spacing, axis if mode == "2d" else None)
+        # Several views need one grid for all three axes, so every axis is adapted to the model's spacing.
+        target_shape = self.adapted_shape(volume.shape, spacing, axis if mode == "2d" and not several else None)
+        if several:
+            grid = normalized if target_shape is None else resample(normalized, target_shape, mode="linear")
+            result = yield from self._segment_views(grid, axis % 3, return_attention)
+            if target_shape is not None:
+                return self._back_to_input(result, volume.shape, return_probabilities)
+            return result if return_probabilities else replace(result, probabilities=None)
         if target_shape is not None:
             normalized = resample(normalized, target_shape, mode="linear")
             axis_after = axis % volume.ndim if mode == "2d" else axis
@@ -291,8 +326,7 @@ class Segmenter:
         model_shape = result.labels.shape
         probabilities = resample(result.probabilities, shape, mode="linear", leading=1)
         probabilities /= np.maximum(probabilities.sum(axis=0, keepdims=True), 1e-8)
-        classes = probabilities.shape[0]
-        labels = probabilities.argmax(axis=0).astype(np.uint8 if classes <= 256 else np.uint16)
+        labels = decide(probabilities)
         to_input = GridGeometry(
             tuple(n_in / n_model for n_in, n_model in zip(shape, model_shape, strict=True)),
             tuple(0.5 * n_in / n_model - 0.5 for n_in, n_model in zip(shape, model_shape, strict=True)),
@@ -303,7 +337,7 @@ class Segmenter:
         return SegmentationResult(
             labels=labels, class_names=result.class_names,
             probabilities=probabilities.astype(np.float32) if keep_probabilities else None, attention=attention,
-            mode=result.mode, axis=result.axis, resampled_shape=model_shape,
+            mode=result.mode, axis=result.axis, resampled_shape=model_shape, views=result.views,
         )
 
     def _segment_slices(self, volume, axis, return_probabilities, return_attention):
@@ -334,8 +368,7 @@ class Segmenter:
             array = np.moveaxis(array, leading, axis + leading)
             return array[(slice(None),) * leading + (0,)] if single else array
 
-        labels = probabilities.argmax(axis=1).astype(np.uint8 if classes <= 256 else np.uint16)
-        labels = restore(labels)
+        labels = restore(decide(probabilities, class_axis=1))
         probabilities_out = None
         if return_probabilities:
             probabilities_out = restore(np.moveaxis(probabilities, 1, 0), leading=1)
@@ -355,6 +388,27 @@ class Segmenter:
             mode="2d",
             axis=None if single else axis,
         )
+
+    def _segment_views(self, volume, axis, return_attention):
+        """Slices along ``axis`` (attention from these), then along the other two axes; probabilities averaged."""
+        order = (axis, *(a for a in range(3) if a != axis))
+        totals = [math.ceil(volume.shape[a] / self.batch_size) for a in order]
+        summed, first = None, None
+        for view, view_axis in enumerate(order):
+            steps = self._segment_slices(volume, view_axis, True, return_attention and view == 0)
+            while True:
+                try:
+                    done, _ = next(steps)
+                except StopIteration as finished:
+                    result = finished.value
+                    break
+                yield sum(totals[:view]) + done, sum(totals)
+            if summed is None:
+                summed, first = result.probabilities, result
+            else:
+                summed += result.probabilities
+        summed /= len(order)
+        return replace(first, labels=decide(summed), probabilities=summed, views=len(order))
 
     def _segment_windows(self, volume, roi_size, overlap, return_probabilities, return_attention):
         if not 0.0 <= overlap < 1.0:
@@ -400,7 +454,7 @@ class Segmenter:
 
         crop = tuple(slice(0, n) for n in shape)
         probabilities = (probability_sum / weight_sum)[(slice(None), *crop)]
-        labels = probabilities.argmax(axis=0).astype(np.uint8 if classes <= 256 else np.uint16)
+        labels = decide(probabilities)
         maps = {}
         for level, factor in factors.items():
             blended = attention_sum[level] / attention_weight[level]

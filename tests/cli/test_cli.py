@@ -103,6 +103,19 @@ def test_segment_writes_a_brain_mask_and_its_volume(phantom_file, tmp_path):
     assert rows[-1]["name"] == "brain mask" and int(rows[-1]["voxels"]) == int(mask.data.sum())
 
 
+def test_segment_with_three_views_averages_the_three_slicing_directions(phantom_file, tmp_path, capsys):
+    from napari_aunet.engine.bundled import load_model
+    from napari_aunet.engine.inference import Segmenter
+
+    image, out = tmp_path / "thick.nii.gz", tmp_path / "seg.nii.gz"
+    assert main(["phantom", str(image), "--shape", "40,48,36", "--spacing", "1.5,1,2", "--uint8"]) == 0
+    assert main(["segment", str(image), "-o", str(out), "--model", "phantom", "--views", "3"]) == 0
+    assert "axis 2, 3 views)" in capsys.readouterr().err
+    scan = load_scan(image)
+    expected = Segmenter(load_model("phantom")).segment(scan.data, axis=2, views=3, spacing=scan.spacing)
+    np.testing.assert_array_equal(load_scan(out).data, expected.labels)
+
+
 def test_segment_refuses_a_brain_mask_that_is_not_nifti(phantom_file, tmp_path, capsys):
     assert main(["segment", str(phantom_file[0]), "-o", str(tmp_path / "seg.nii.gz"), "--model", "phantom",
                  "--brain-mask", str(tmp_path / "mask.png")]) != 0

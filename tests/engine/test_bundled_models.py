@@ -13,7 +13,7 @@ from napari_aunet.engine.finetune import _dice_iou
 from napari_aunet.engine.inference import Segmenter, resample
 from napari_aunet.recipes import mni_tissue
 
-BRAIN_MASK_DICE = 0.9  # measured 0.920 (docs/models.md); the margin covers bf16 against fp32 and other CPUs
+BRAIN_MASK_DICE = 0.93  # measured 0.950 with 3 views (docs/models.md); the margin covers bf16 and other CPUs
 
 
 def test_default_is_the_brain_model_and_every_model_has_a_card():
@@ -37,7 +37,7 @@ def test_brain_model_holds_on_a_perturbed_coarser_t1():
     coarse = resample(image, shape)
     truth = resample(labels[:, :, axial].astype(np.float32), shape, mode="nearest").astype(np.uint8)
     segmenter = Segmenter(load_model("brain"), device="cpu")
-    result = segmenter.segment(coarse, axis=2, spacing=(1.5, 1.5, 1.0))
+    result = segmenter.segment(coarse, axis=2, spacing=(1.5, 1.5, 1.0))  # a 12-slice slab: one view
     assert result.resampled_shape == (196, 232, 12)
     scores = _dice_iou(result.labels, truth, segmenter.config.class_names)["dice"]
     assert scores["grey matter"] > 0.85 and scores["white matter"] > 0.85

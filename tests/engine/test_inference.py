@@ -10,7 +10,7 @@ import torch
 from conftest import tiny_model
 
 from napari_aunet.engine.geometry import GridGeometry
-from napari_aunet.engine.inference import Cancelled, Segmenter, gaussian_weight, resolve_device
+from napari_aunet.engine.inference import Cancelled, Segmenter, decide, gaussian_weight, resolve_device
 from napari_aunet.engine.intensity import BadVolumeError, normalize
 
 
@@ -27,7 +27,7 @@ def test_slicewise_outputs_follow_the_input_shape_and_axis(tiny_model_2d, volume
     assert result.labels.shape == volume.shape and result.labels.dtype == np.uint8
     assert result.probabilities.shape == (3, *volume.shape)
     np.testing.assert_allclose(result.probabilities.sum(axis=0), 1.0, atol=1e-5)
-    np.testing.assert_array_equal(result.labels, result.probabilities.argmax(axis=0))
+    np.testing.assert_array_equal(result.labels, decide(result.probabilities))
     assert sorted(result.attention) == [1, 2]
     for level, attention in result.attention.items():
         factor = 2 ** (level - 1)
@@ -45,6 +45,43 @@ def test_slicewise_equals_the_model_on_each_slice(tiny_model_2d, volume):
         logits, attention = tiny_model_2d(torch.from_numpy(normalized[:, 7])[None, None], return_attention=True)
     np.testing.assert_allclose(result.probabilities[:, :, 7], torch.softmax(logits, 1)[0].numpy(), atol=1e-5)
     np.testing.assert_allclose(result.attention[2].data[:, 7], attention[2][0, 0].numpy(), atol=2e-3)
+
+
+def test_background_only_when_more_likely_than_all_classes_together():
+    # P(background) 0.4 against grey 0.35 + CSF 0.25: "brain" is more likely, so the most likely tissue wins.
+    probabilities = np.array([[0.4, 0.6, 0.2], [0.35, 0.1, 0.5], [0.0, 0.1, 0.2], [0.25, 0.2, 0.1]], np.float32)
+    np.testing.assert_array_equal(decide(probabilities), [1, 0, 1])
+    two = np.array([[0.4, 0.6], [0.6, 0.4]], np.float32)  # two classes: the plain argmax
+    np.testing.assert_array_equal(decide(two), [1, 0])
+    np.testing.assert_array_equal(decide(probabilities.T, class_axis=1), [1, 0, 1])
+
+
+@pytest.fixture(scope="module")
+def thick():
+    """A volume at least MIN_VIEW_SLICES thick along every axis."""
+    return np.random.default_rng(1).normal(100, 20, size=(32, 36, 34)).astype(np.int16)
+
+
+def test_three_views_average_the_three_slicing_directions(tiny_model_2d, thick, volume):
+    segmenter = Segmenter(tiny_model_2d, device="cpu", precision="fp32", batch_size=4)
+    single = [segmenter.segment(thick, axis=a, views=1, return_probabilities=True) for a in range(3)]
+    seen = []
+    result = segmenter.segment(thick, axis=2, views=3, return_probabilities=True, progress=lambda *v: seen.append(v))
+    mean = sum(r.probabilities for r in single) / 3
+    np.testing.assert_allclose(result.probabilities, mean, atol=1e-5)
+    np.testing.assert_array_equal(result.labels, decide(mean))
+    # attention comes from the chosen axis alone; progress counts every view's batches once, in order
+    np.testing.assert_array_equal(result.attention[2].data, single[2].attention[2].data)
+    assert result.axis == 2 and result.views == 3 and single[0].views == 1
+    total = 9 + 8 + 9  # ceil(34 / 4) + ceil(32 / 4) + ceil(36 / 4)
+    assert seen == [(k, total) for k in range(1, total + 1)]
+    assert segmenter.segment(thick, views=3).probabilities is None
+    with pytest.raises(ValueError, match="views must be 1 or 3"):
+        segmenter.segment(thick, views=2)
+    # a slab thinner than MIN_VIEW_SLICES (11 slices here) has no usable side views: one view, and it says so
+    thin = segmenter.segment(volume, axis=0, views=3)
+    assert thin.views == 1
+    np.testing.assert_array_equal(thin.labels, segmenter.segment(volume, axis=0, views=1).labels)
 
 
 def test_batch_size_does_not_change_the_result(tiny_model_2d, volume):
@@ -195,3 +232,17 @@ def test_a_scan_at_another_spacing_is_resampled_to_the_models_and_mapped_back():
     level2 = result.attention[2]
     assert level2.data.shape == (48, 40)  # native on the model's grid, not upsampled
     assert level2.geometry == GridGeometry((4.0, 4.0), (1.5, 1.5))  # a 1 mm level-2 cell = 4 fine voxels
+
+
+def test_three_views_adapt_every_axis_to_the_models_spacing(thick):
+    import dataclasses
+
+    model = tiny_model(2)
+    model.config = dataclasses.replace(model.config, spacing=(1.0, 1.0), views=3)  # the model's default: 3 views
+    segmenter = Segmenter(model, device="cpu", precision="fp32")
+    result = segmenter.segment(thick, axis=0, spacing=(2.0, 1.0, 1.0), return_probabilities=True)
+    assert result.resampled_shape == (64, 36, 34)  # the slicing axis too, so that all three views share one grid
+    assert result.views == 3
+    assert result.labels.shape == thick.shape and result.probabilities.shape == (3, *thick.shape)
+    one = segmenter.segment(thick, axis=0, spacing=(2.0, 1.0, 1.0), views=1)
+    assert one.resampled_shape is None  # one view: the slicing axis keeps its slices (in-plane is at 1 mm)

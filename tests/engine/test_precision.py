@@ -16,7 +16,8 @@ from napari_aunet.recipes import mni_tissue
 
 def _dice_both(model: str, volume: np.ndarray, truth: np.ndarray, axis: int) -> tuple[dict, dict, float]:
     checkpoint = load_model(model)
-    results = {p: Segmenter(checkpoint, device="cpu", precision=p).segment(volume, axis=axis) for p in ("fp32", "bf16")}
+    results = {p: Segmenter(checkpoint, device="cpu", precision=p).segment(volume, axis=axis, views=1)
+               for p in ("fp32", "bf16")}
     scores = {p: _dice_iou(r.labels, truth, checkpoint.config.class_names)["dice"] for p, r in results.items()}
     agreement = float((results["fp32"].labels == results["bf16"].labels).mean())
     for level, attention in results["fp32"].attention.items():

@@ -144,7 +144,7 @@ def test_correct_clicked_objects_then_fine_tune_the_click_model(make_napari_view
         objects.data_setitem((np.full(len(coords), index), coords[:, 0], coords[:, 1]), 1)
         objects.paint((index, *coords[0]), 1)
     tune.reset_choices()
-    tune._image.value, tune._labels.value, tune._model.value = image, objects, "click"
+    tune._image.value, tune._labels_layer.value, tune._model.value = image, objects, "click"
     tune._plane.value = "sagittal"
     assert tune.annotated_display_slices() == [10, 16]
     tune._steps.value, tune._budget.value, tune._val_fraction.value = 30, 0, 0.0

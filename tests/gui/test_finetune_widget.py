@@ -19,7 +19,7 @@ def _docked_widget(viewer, image, labels) -> FineTuneWidget:
     tune = FineTuneWidget(viewer)
     viewer.window.add_dock_widget(tune)
     tune.reset_choices()
-    tune._image.value, tune._labels.value = image, labels
+    tune._image.value, tune._labels_layer.value = image, labels
     tune._plane.value = "sagittal"
     return tune
 
@@ -49,7 +49,7 @@ def test_correct_then_fine_tune_end_to_end(make_napari_viewer, qtbot, tmp_path):
     labels = viewer.layers["inverted segmentation"]
 
     tune.reset_choices()
-    tune._image.value, tune._labels.value, tune._model.value = image, labels, "phantom"
+    tune._image.value, tune._labels_layer.value, tune._model.value = image, labels, "phantom"
     tune._plane.value = "sagittal"  # display axis 0 (R) = file axis 0 here
     assert tune.annotated_display_slices() == []  # Segment's output is not an annotation
     # The user corrects slices 5 and 9 with the brush (napari's paint path), marks 7 reviewed.
@@ -79,6 +79,47 @@ def test_correct_then_fine_tune_end_to_end(make_napari_viewer, qtbot, tmp_path):
     assert len(checkpoint.history["loss"]) == 25
     tune.revert()
     assert segment._model.value == "phantom"
+
+
+def test_a_worse_model_is_not_used_without_confirmation(make_napari_viewer, qtbot, monkeypatch):
+    """A run that lowers held-out Dice says so; the first *Use* only asks, the second (the user insisting) uses
+    it. Progress shows steps and time; the held-out line names the slices."""
+    from napari_aunet import _finetune_widget as module
+
+    messages = []
+    monkeypatch.setattr(module, "show_warning", messages.append)
+    phantom = generate_phantom((12, 48, 48), seed=5, lesions=(2, 3))
+    viewer = make_napari_viewer()
+    image = viewer.add_image(phantom.image, name="scan")
+    labels = viewer.add_labels(np.zeros_like(phantom.labels), name="truth")
+    segment = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(segment)
+    segment._model.value = "phantom"
+    tune = _docked_widget(viewer, image, labels)
+    tune._model.value = "phantom"
+    for index in (2, 4, 6, 8):
+        _paint_slice(labels, index, phantom.labels[index])
+    # a learning rate of 1 wrecks any network in a few steps: worse on the held-out slices by construction
+    tune._steps.value, tune._budget.value, tune._val_fraction.value, tune._learning_rate.value = 6, 0, 0.5, 1.0
+    tune.run()
+    qtbot.waitUntil(lambda: not tune.running, timeout=120_000)
+    assert tune._worse and "worse than 'phantom'" in tune._status.value and "stays active" in messages[-1]
+    assert tune._progress_line.value.startswith("6 steps in")
+    assert "held-out Dice: mean over classes on 2 annotated slice(s) not trained on" in tune._progress_line.value
+
+    assert tune.use_new_model() is None and segment._model.value == "phantom"  # asked, not taken
+    assert "to use it all the same" in messages[-1]
+    name = tune.use_new_model()  # the user insists
+    assert name is not None and segment._model.value == name
+
+
+def test_progress_text_counts_steps_and_time_left():
+    from napari_aunet._finetune_widget import progress_text
+
+    assert progress_text(100, 400, 20.0, None) == "step 100 of 400 · 20 s · about 60 s left"
+    assert progress_text(100, None, 20.0, 60.0) == "step 100 · 20 s · about 40 s left"
+    assert progress_text(100, 400, 20.0, 30.0) == "step 100 of 400 · 20 s · about 10 s left"
+    assert progress_text(5, None, 2.0, None) == "step 5 · 2 s"
 
 
 def test_fine_tune_without_annotations_is_a_notification(make_napari_viewer, monkeypatch):
@@ -179,3 +220,16 @@ def test_the_annotated_line_follows_the_brush(make_napari_viewer, qtbot):
     assert "none yet" in tune._annotated.value
     labels.paint((3, 16, 16), 1)  # one brush stroke on slice 3, nothing else done in the widget
     qtbot.waitUntil(lambda: tune._annotated.value.startswith("1 slice(s): 3"), timeout=5_000)
+
+
+def test_fine_tune_follows_the_layer_selected_in_the_layer_list(make_napari_viewer):
+    viewer = make_napari_viewer()
+    scans = [viewer.add_image(np.zeros((4, 16, 16), np.float32), name=name) for name in ("first", "second")]
+    masks = [viewer.add_labels(np.zeros((4, 16, 16), np.uint8), name=name) for name in ("first labels", "second labels")]
+    tune = FineTuneWidget(viewer)
+    viewer.window.add_dock_widget(tune)
+    tune.reset_choices()
+    for layer, widget in ((scans[0], tune._image), (masks[0], tune._labels_layer), (scans[1], tune._image)):
+        viewer.layers.selection.active = layer
+        assert widget.value is layer
+    assert tune._labels_layer.value is masks[0]  # choosing an image leaves the labels choice alone

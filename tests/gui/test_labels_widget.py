@@ -22,7 +22,7 @@ def test_apply_then_save_an_itk_snap_label_file(make_napari_viewer, tmp_path, mo
     layer = viewer.add_labels(data, name="atlas")
     widget = LabelsWidget(viewer)
     viewer.window.add_dock_widget(widget)
-    widget._labels.value = layer
+    widget._labels_layer.value = layer
     source = tmp_path / "snap.txt"
     source.write_text('    0 0 0 0 0 0 0 "Clear Label"\n    1 255 0 0 1 1 1 "Caudate"\n'
                       '   12 0 0 255 0.5 1 1 "Putamen"\n')
@@ -52,7 +52,7 @@ def test_segment_output_names_go_out_as_an_itk_snap_file(make_napari_viewer, tmp
                               **labels_appearance(("background", "grey matter", "white matter")))
     widget = LabelsWidget(viewer)
     viewer.window.add_dock_widget(widget)
-    widget._labels.value = layer
+    widget._labels_layer.value = layer
     entries = {e.value: e for e in read_label_descriptions(widget.save_file(tmp_path / "tissue.txt"))}
     assert entries[1].name == "grey matter" and entries[2].name == "white matter"
     assert entries[1].rgb == (230, 25, 75)  # the fixed colour of class 1

@@ -107,7 +107,7 @@ def test_segment_then_compare_end_to_end(make_napari_viewer, qtbot, phantom_path
     compare.update_table()
     table = compare._table.value["data"]
     assert [row[0] for row in table] == ["L1", "L2", "L3"]
-    assert all(0 <= row[2] <= 100 and 0 <= row[5] <= 1 for row in table)
+    assert all(0 <= float(row[2]) <= 100 and 0 <= float(row[5]) <= 1 for row in table)
     assert "focuses most" in compare._verdict.value
 
     compare._levels.value = [1, 3]
@@ -149,12 +149,53 @@ def test_two_images_segmented_one_after_the_other_keep_both_sets_of_layers(
     compare = AttentionWidget(viewer)
     viewer.window.add_dock_widget(compare)
     compare.reset_choices()
+    # the first scan segmented again: its new layers join it, below the second scan's, not on top of the list
+    widget._image.value = first
+    _segment(widget, qtbot)
+    group = ["segmentation", "attention L1 (1/1)", "attention L2 (1/2)", "attention L3 (1/4)"]
+    assert [layer.name for layer in viewer.layers] == [
+        "phantom", *(f"phantom {name}" for name in group), "second", *(f"second {name}" for name in group)]
+    assert compare._image.value == "phantom"
+    viewer.layers.selection.active = viewer.layers["second segmentation"]  # Compare follows the layer list
+    assert compare._image.value == "second"
     tables = {}
     for name in ("phantom", "second"):
         compare._image.value = name
         compare.update_table()
         tables[name] = [row[2] for row in compare._table.value["data"]]
     assert tables["phantom"] != tables["second"]
+
+
+def test_compare_docked_first_follows_the_segmentation_and_one_level_shows(
+        make_napari_viewer, qtbot, phantom_path, monkeypatch):
+    """Compare opens with the new segmentation's image and all its levels chosen and its table filled; of the
+    attention layers only the finest is visible; *Overlay* with no level chosen changes nothing and says why."""
+    from napari_aunet import _attention_widget as module
+
+    viewer = make_napari_viewer()
+    image = _open(viewer, phantom_path)
+    compare = AttentionWidget(viewer)
+    viewer.window.add_dock_widget(compare)
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget._image.value = image
+    _segment(widget, qtbot, model="phantom", plane="axial")
+    assert compare._image.value == "phantom" and compare._levels.value == [1, 2, 3]
+    assert [row[0] for row in compare._table.value["data"]] == ["L1", "L2", "L3"]
+    assert all(len(row[3]) == 4 for row in compare._table.value["data"])  # "0.37", not "0.3700" or 3.7e-01
+    visible = [layer.name for layer in viewer.layers if layer.visible]
+    assert visible == ["phantom", "phantom segmentation", "phantom attention L1 (1/1)"]
+    # a class the user paints beyond the model's two gets a colour of its own, not transparent or grey
+    colours = viewer.layers["phantom segmentation"].colormap.map(np.array([0, 1, 2, 3, 9, 200]))
+    assert colours[0, 3] == 0 and np.all(colours[1:, 3] == 1)
+    assert len({tuple(np.round(c, 3)) for c in colours[1:]}) == 5
+
+    messages = []
+    monkeypatch.setattr(module, "show_warning", messages.append)
+    compare._levels.value = []
+    compare.show_overlay()
+    assert "Choose at least one level" in messages[-1]
+    assert [layer.name for layer in viewer.layers if layer.visible] == visible
 
 
 def test_rerun_replaces_own_layers_but_keeps_user_edits(make_napari_viewer, qtbot, phantom_path):
@@ -174,6 +215,26 @@ def test_rerun_replaces_own_layers_but_keeps_user_edits(make_napari_viewer, qtbo
     assert "phantom segmentation [1]" in viewer.layers  # the new result went to a new layer
     np.testing.assert_array_equal(viewer.layers["phantom segmentation"].data, edited)
     assert len(viewer.layers) == 6
+
+
+def test_three_slice_directions_follow_the_model_and_are_said(make_napari_viewer, qtbot, tmp_path):
+    """The brain model (trained on all three axes) averages three views by default; the status says so."""
+    thick = generate_phantom((36, 45, 38), seed=11)
+    nib.save(nib.Nifti1Image((thick.image * 100).astype(np.int16), AFFINE), tmp_path / "phantom.nii.gz")
+    viewer = make_napari_viewer()
+    image = _open(viewer, tmp_path / "phantom.nii.gz")
+    widget = SegmentWidget(viewer)
+    widget._model.value = "brain"
+    assert widget._three_views.value
+    widget._model.value = "phantom"
+    assert not widget._three_views.value
+    widget._mode.value = "3d"
+    assert not widget._three_views.enabled
+    widget._mode.value = "2d"
+    widget._image.value = image
+    _segment(widget, qtbot, three_views=True, with_attention=False)
+    assert "volume (3 slice directions) done" in widget._status.value
+    assert viewer.layers["phantom segmentation"].data.shape == viewer.layers["phantom"].data.shape
 
 
 def test_brain_mask_layer_is_one_connected_filled_group_and_its_volume_is_said(
@@ -283,7 +344,7 @@ def test_uncertainty_layer_points_to_the_slice_most_worth_correcting(make_napari
     _segment(widget, qtbot, model="phantom", plane="axial", with_uncertainty=True, with_attention=False)
     uncertainty = viewer.layers["noisy uncertainty"]
     assert uncertainty.data.shape == layer.data.shape and float(uncertainty.data.max()) <= 1.0
-    assert "p(organ)" not in viewer.layers  # probabilities were computed, not shown: not asked for
+    assert "phantom p(organ)" not in viewer.layers  # probabilities were computed, not shown: not asked for
     assert widget.uncertain_slice == (2, 9)  # display axis 2 = S = file axis 0, not flipped here
     assert "most uncertain slice: 9" in widget._status.value
     widget.go_to_uncertain_slice()
