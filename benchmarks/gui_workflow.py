@@ -24,6 +24,16 @@ def dock_all(viewer) -> dict:
     return widgets
 
 
+def focus(viewer, name: str, height: int) -> None:
+    """Give the dock of widget ``name`` ``height`` px; the other docks of the column share the rest."""
+    from qtpy.QtCore import Qt
+
+    docks = dict(viewer.window._dock_widgets)
+    ours = [dock for key, dock in docks.items() if key.endswith("(napari-aunet)")]
+    chosen = docks[f"{name} (napari-aunet)"]
+    viewer.window._qt_window.resizeDocks(ours, [height if dock is chosen else 60 for dock in ours], Qt.Vertical)
+
+
 def sizes(viewer, widgets: dict) -> dict:
     """Minimum size hint of each docked widget, and of the whole window, in pixels."""
     def pair(size) -> list[int]:
@@ -59,13 +69,14 @@ def main() -> None:
     segment._view.value = "axial"
     segment.run()
     wait_until_done(segment, 600)
-    viewer.dims.set_current_step(2, 70)  # an axial slice through the ventricles
+    viewer.dims.set_current_step(2, 150)  # an axial slice through the ventricles
     report = sizes(viewer, widgets)
     print(json.dumps(report))
     if args.tag == "-before":  # the layout as it was: one picture
         save_window(viewer, str(args.out / f"workflow-{width}x{height}{args.tag}.png"))
         return
-    shot(viewer, args.out / f"segment-{width}x{height}.png")
+    focus(viewer, "Compare attention levels", height - 300)
+    save_window(viewer, str(args.out / f"segment-{width}x{height}.png"), close=False)
 
     # fine-tune on three slices the user reviewed (the model's own labels there, accepted as they are)
     tune = widgets["Fine-tune"]
@@ -73,23 +84,17 @@ def main() -> None:
     tune._image.value = viewer.layers[SAMPLE]
     tune._labels_layer.value = viewer.layers[f"{SAMPLE} segmentation"]
     tune._plane.value = "axial"
-    for index in (60, 70, 80):
+    for index in (130, 150, 170):  # world mm along the axial axis: through the ventricles
         viewer.dims.set_current_step(2, index)
         tune.mark_reviewed()
     tune._budget.value = 20
+    focus(viewer, "Fine-tune", height - 260)
     tune.run()
     wait_until_done(tune, 300)
-    tune.native.ensureWidgetVisible(tune._progress_line.native)
+    viewer.dims.set_current_step(2, 150)
+    tune.native.ensureWidgetVisible(tune._table.native)
     save_window(viewer, str(args.out / f"finetune-{width}x{height}.png"))
 
-
-def shot(viewer, path: Path) -> None:
-    """Save the window without closing it."""
-    from qtpy.QtWidgets import QApplication
-
-    for _ in range(20):
-        QApplication.processEvents()
-    viewer.screenshot(str(path), canvas_only=False)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ class AttentionWidget(ScrollingContainer):
         self._export_png = PushButton(text="Export PNG montage (current slice)")
         self._export_nifti = PushButton(text="Export maps as NIfTI")
         self._table.native.setMinimumHeight(140)
+        self._levels.native.setMaximumHeight(90)  # a few levels: no need for a tall list
         self._table.native.horizontalHeader().setStretchLastSection(True)
         note = Label(value=ATTENTION_NOTE)
         note.native.setWordWrap(True)

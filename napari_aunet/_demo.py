@@ -61,8 +61,8 @@ def wait_until_done(widget, seconds: float) -> bool:
     return not widget.running
 
 
-def save_window(viewer, path: str) -> None:
-    """Let Qt draw, save a screenshot of the whole window to ``path`` and close the viewer."""
+def save_window(viewer, path: str, close: bool = True) -> None:
+    """Let Qt draw, save a screenshot of the whole window to ``path`` and (unless told not to) close the viewer."""
     from qtpy.QtWidgets import QApplication
 
     try:  # pop-up notifications (e.g. napari's PyQt5 deprecation warning) would cover the canvas
@@ -76,4 +76,5 @@ def save_window(viewer, path: str) -> None:
         QApplication.processEvents()
         time.sleep(0.02)
     viewer.screenshot(path, canvas_only=False)
-    viewer.close()
+    if close:
+        viewer.close()

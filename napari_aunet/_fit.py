@@ -16,6 +16,7 @@ from qtpy.QtWidgets import (
     QLabel,
     QScrollArea,
     QSizePolicy,
+    QStyledItemDelegate,
     QTableWidget,
     QWidget,
 )
@@ -66,6 +67,13 @@ class ScrollingContainer(Container):
         for table in inner.findChildren(QTableWidget):
             table.horizontalHeader().setSectionResizeMode(QHeaderView.Stretch)
             table.verticalHeader().setVisible(False)
+            # magicgui's delegate re-formats every number-like cell ("0.37" -> "0.3700", "0.008" -> "8.000e-03");
+            # the widgets put in text already formatted for a narrow column
+            table.setItemDelegate(QStyledItemDelegate(table))
+            row = table.parentWidget()  # the labelled row: its (empty) caption cell would take a third of the width
+            for caption in row.findChildren(QLabel) if row is not inner else ():
+                if caption.parentWidget() is row and not caption.text():
+                    caption.setVisible(False)
         for label in inner.findChildren(QLabel):
             label.setWordWrap(True)
             # a policy that may shrink: the layout then takes the wrapped minimum, not the one-paragraph width

@@ -233,7 +233,7 @@ def _pairs_from_files(images: list[str], labels: list[str], axis: str):
             raise CommandError(f"'{labels_path}' holds negative labels")
         slicing = _slicing_axis(axis, scan) if volume.ndim == 3 else 0
         pairs.append(TrainingPair(np.asarray(volume), label_volume.astype(np.int64), axis=slicing,
-                                  name=Path(image_path).name))
+                                  name=Path(image_path).name, spacing=scan.spacing[: volume.ndim]))
         scans.append(scan)
     return pairs, scans
 
@@ -346,8 +346,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         pair.axis = axis
     else:
         slices = annotated_slices(pair.labels, pair.axis)
-    model = load_model(args.model).build_model()
-    scores = evaluate(model, pair.image, pair.labels.astype(np.int64), slices, pair.axis, str(_device(args.device)))
+    checkpoint = load_model(args.model)
+    pair = pair.at_model_spacing(checkpoint.config)  # scored on the grid the model segments on
+    scores = evaluate(checkpoint.build_model(), pair.image, pair.labels.astype(np.int64), slices, pair.axis,
+                      str(_device(args.device)))
     scores["axis"] = pair.axis
     print(json.dumps(_json_safe(scores), indent=2))
     return 0

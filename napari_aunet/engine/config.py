@@ -59,6 +59,9 @@ class ModelConfig:
     # 2D models: how many slicing axes a 3D scan is segmented along by default (1 = the chosen axis only, 3 = all
     # three with their probabilities averaged, for a model trained on slices of all three axes)
     views: int = 1
+    # labels from probabilities: "argmax", or "foreground": background only where it is more likely than all other
+    # classes together (for several classes that split one region between them: grey matter, white matter, CSF)
+    decision: str = "argmax"
 
     def __post_init__(self) -> None:
         # JSON gives lists; keep tuples so configs compare and hash as values.
@@ -71,6 +74,8 @@ class ModelConfig:
             object.__setattr__(self, "spacing", tuple(float(s) for s in self.spacing))
         if self.gate_grid not in ("fine", "coarse"):
             raise ValueError(f"gate_grid must be 'fine' or 'coarse', got {self.gate_grid!r}")
+        if self.decision not in ("argmax", "foreground"):
+            raise ValueError(f"decision must be 'argmax' or 'foreground', got {self.decision!r}")
         if self.views not in (1, 3):
             raise ValueError(f"views must be 1 or 3, got {self.views}")
         if self.spatial_dims not in (2, 3):

@@ -27,7 +27,7 @@ from .checkpoint import Checkpoint
 from .clickmodel import CLICK_WINDOW, is_click_model, object_masks, simulated_click_batches, window_around
 from .config import ModelConfig
 from .heads import HeadChange, class_names_for_labels, with_classes
-from .inference import CancelFlag, Segmenter, cpu_has_bf16, is_cancelled
+from .inference import CancelFlag, Segmenter, adapted_shape, cpu_has_bf16, decide, is_cancelled, resample
 from .intensity import check_volume, normalize
 from .model import AttentionUNet
 from .training import IGNORE, augment, masked_loss, seed_everything
@@ -42,6 +42,18 @@ class TrainingPair:
     axis: int = 0
     reviewed: tuple[int, ...] = ()  # slices marked reviewed even if empty
     name: str = ""
+    spacing: tuple[float, ...] | None = None  # voxel size in mm (file order); None: taken as the model's
+
+    def at_model_spacing(self, config) -> TrainingPair:
+        """This pair resampled in-plane to the model's training spacing, as :class:`Segmenter` resamples a scan
+        before segmenting it (so a model fine-tuned on a 1.5 mm scan learns what it will be shown); the slicing
+        axis and so every slice index stay as they are."""
+        shape = adapted_shape(config, self.image.shape, self.spacing, self.axis if self.image.ndim == 3 else None)
+        if shape is None:
+            return self
+        image = resample(np.asarray(self.image, np.float32), shape, mode="linear")
+        labels = resample(np.asarray(self.labels), shape, mode="nearest").astype(np.int64)
+        return dataclasses.replace(self, image=image, labels=labels, spacing=None)
 
     def annotated_slices(self) -> list[int]:
         return annotated_slices(self.labels, self.axis, self.reviewed)
@@ -284,7 +296,7 @@ def _segment_slices_of(segmenter: Segmenter, volume: np.ndarray, slices: Sequenc
     labels = []
     for start in range(0, moved.shape[0], segmenter.batch_size):
         probabilities, _ = segmenter._run(moved[start : start + segmenter.batch_size, None])
-        labels.append(probabilities.argmax(axis=1))
+        labels.append(decide(probabilities, class_axis=1, rule=segmenter.config.decision))  # as Segment decides
     return np.moveaxis(np.concatenate(labels).astype(np.uint8), 0, axis)
 
 
@@ -452,6 +464,7 @@ def iter_fine_tune(
             raise ValueError(f"image shape {pair.image.shape} and labels shape {pair.labels.shape} differ")
         if np.asarray(pair.labels).min() < 0:
             raise ValueError("the labels hold negative values")
+    pairs = [pair.at_model_spacing(model.config) for pair in pairs]
     head = None
     if not clicks:
         highest = max(int(np.asarray(p.labels).max()) for p in pairs)
@@ -570,7 +583,7 @@ class _HeldOutSlices:
                     self.planes.append((image, np.asarray(pair.labels)))
                 else:
                     self.planes.append((np.take(image, s, axis=pair.axis), np.take(pair.labels, s, axis=pair.axis)))
-        self.class_names, self.precision = config.class_names, precision
+        self.class_names, self.precision, self.decision = config.class_names, precision, config.decision
 
     def mean_dice(self, model: AttentionUNet) -> float:
         if not self.planes:
@@ -582,7 +595,7 @@ class _HeldOutSlices:
         with torch.no_grad(), _training_autocast(self.precision, device):
             for plane, target in self.planes:
                 logits = model(torch.from_numpy(np.ascontiguousarray(plane))[None, None].to(device))
-                predictions.append(logits.float().argmax(1)[0].cpu().numpy())
+                predictions.append(decide(torch.softmax(logits.float(), 1)[0].cpu().numpy(), rule=self.decision))
                 targets.append(target)
         model.train(was_training)
         flat = np.concatenate([p.ravel() for p in predictions]), np.concatenate([t.ravel() for t in targets])

@@ -7,10 +7,10 @@ Two modes:
   input grid, attention maps at each level's own grid).
 Attention maps stay at their level's native resolution (float16), never upsampled.
 
-Labels: a voxel is background only when background is more likely than all other classes together; otherwise it
-gets its most likely non-background class. With two classes this is the argmax; with several tissue classes it
-keeps a voxel whose probability is split between, say, grey matter and CSF from falling to background (the
-binary "is it brain?" decision a brain mask makes).
+Labels: the most likely class, or, for a model whose config says ``decision="foreground"`` (the brain model), the
+most likely non-background class wherever background is less likely than all other classes together: a voxel whose
+probability is split between, say, grey matter and CSF does not fall to background (the binary "is it brain?"
+decision a brain mask makes). With two classes both rules agree.
 """
 
 from __future__ import annotations
@@ -114,16 +114,37 @@ class SegmentationResult:
     views: int = 1  # slicing directions averaged (2D mode)
 
 
-def decide(probabilities: np.ndarray, class_axis: int = 0) -> np.ndarray:
-    """Labels from class probabilities (class 0 = background): see the module's docstring."""
+def decide(probabilities: np.ndarray, class_axis: int = 0, rule: str = "argmax") -> np.ndarray:
+    """Labels from class probabilities (class 0 = background) by ``rule``: see the module's docstring."""
     probabilities = np.moveaxis(probabilities, class_axis, 0)
     classes = probabilities.shape[0]
     dtype = np.uint8 if classes <= 256 else np.uint16
-    if classes <= 2:
+    if classes <= 2 or rule == "argmax":
         return probabilities.argmax(axis=0).astype(dtype)
     labels = (probabilities[1:].argmax(axis=0) + 1).astype(dtype)
     labels[probabilities[0] > 0.5] = 0
     return labels
+
+
+def adapted_shape(
+    config: ModelConfig, shape: tuple[int, ...], spacing: tuple[float, ...] | None, axis: int | None
+) -> tuple[int, ...] | None:
+    """The grid to run ``config``'s model on when ``spacing`` differs from its training spacing by more than 20 %,
+    else None. A 2D model (``axis`` given) is adapted in-plane only; the slicing axis keeps its slices."""
+    trained = config.spacing
+    if spacing is None or trained is None:
+        return None
+    spacing = tuple(float(s) for s in spacing[: len(shape)])
+    if config.spatial_dims == 2:
+        target = [float(np.median(trained))] * len(shape)
+    else:
+        target = list(trained[: len(shape)])
+    if axis is not None and len(shape) == 3:
+        target[axis % 3] = spacing[axis % 3]
+    ratios = [s / t for s, t in zip(spacing, target, strict=True)]
+    if all(abs(r - 1.0) <= 0.2 for r in ratios):
+        return None
+    return tuple(max(1, int(round(n * r))) for n, r in zip(shape, ratios, strict=True))
 
 
 def resample(array: np.ndarray, shape: tuple[int, ...], mode: str = "linear", leading: int = 0) -> np.ndarray:
@@ -302,31 +323,15 @@ class Segmenter:
     def adapted_shape(
         self, shape: tuple[int, ...], spacing: tuple[float, ...] | None, axis: int | None
     ) -> tuple[int, ...] | None:
-        """The grid to run the model on when ``spacing`` differs from the model's by more than 20 %, else None.
-
-        A 2D model (``axis`` given) is adapted in-plane only; the slicing axis keeps its slices.
-        """
-        trained = self.config.spacing
-        if spacing is None or trained is None:
-            return None
-        spacing = tuple(float(s) for s in spacing[: len(shape)])
-        if self.config.spatial_dims == 2:
-            target = [float(np.median(trained))] * len(shape)
-        else:
-            target = list(trained[: len(shape)])
-        if axis is not None and len(shape) == 3:
-            target[axis % 3] = spacing[axis % 3]
-        ratios = [s / t for s, t in zip(spacing, target, strict=True)]
-        if all(abs(r - 1.0) <= 0.2 for r in ratios):
-            return None
-        return tuple(max(1, int(round(n * r))) for n, r in zip(shape, ratios, strict=True))
+        """See :func:`adapted_shape` (this model's config)."""
+        return adapted_shape(self.config, shape, spacing, axis)
 
     def _back_to_input(self, result: SegmentationResult, shape: tuple[int, ...], keep_probabilities: bool):
         """Map a result on the adapted grid back to the input grid (probabilities linear, maps re-placed)."""
         model_shape = result.labels.shape
         probabilities = resample(result.probabilities, shape, mode="linear", leading=1)
         probabilities /= np.maximum(probabilities.sum(axis=0, keepdims=True), 1e-8)
-        labels = decide(probabilities)
+        labels = decide(probabilities, rule=self.config.decision)
         to_input = GridGeometry(
             tuple(n_in / n_model for n_in, n_model in zip(shape, model_shape, strict=True)),
             tuple(0.5 * n_in / n_model - 0.5 for n_in, n_model in zip(shape, model_shape, strict=True)),
@@ -368,7 +373,7 @@ class Segmenter:
             array = np.moveaxis(array, leading, axis + leading)
             return array[(slice(None),) * leading + (0,)] if single else array
 
-        labels = restore(decide(probabilities, class_axis=1))
+        labels = restore(decide(probabilities, class_axis=1, rule=self.config.decision))
         probabilities_out = None
         if return_probabilities:
             probabilities_out = restore(np.moveaxis(probabilities, 1, 0), leading=1)
@@ -408,7 +413,7 @@ class Segmenter:
             else:
                 summed += result.probabilities
         summed /= len(order)
-        return replace(first, labels=decide(summed), probabilities=summed, views=len(order))
+        return replace(first, labels=decide(summed, rule=self.config.decision), probabilities=summed, views=len(order))
 
     def _segment_windows(self, volume, roi_size, overlap, return_probabilities, return_attention):
         if not 0.0 <= overlap < 1.0:
@@ -454,7 +459,7 @@ class Segmenter:
 
         crop = tuple(slice(0, n) for n in shape)
         probabilities = (probability_sum / weight_sum)[(slice(None), *crop)]
-        labels = decide(probabilities)
+        labels = decide(probabilities, rule=self.config.decision)
         maps = {}
         for level, factor in factors.items():
             blended = attention_sum[level] / attention_weight[level]

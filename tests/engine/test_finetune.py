@@ -216,3 +216,20 @@ def test_small_structures_are_learnt_from_patches_where_whole_slices_fail():
         tube_dice[sampler] = evaluate(result.model, image, labels, held_out)["dice"].get("tube", 0.0)
     assert tube_dice["patches"] > 0.6, tube_dice
     assert tube_dice["whole slices"] < tube_dice["patches"] - 0.4, tube_dice
+
+
+def test_a_scan_at_another_spacing_is_trained_on_the_grid_it_is_segmented_on(tiny_model_2d):
+    """Fine-tuning resamples in-plane to the model's spacing, as the Segmenter does: slice indices, reviewed
+    slices and label values stay; a pair without spacing, or within 20 %, is used as it is."""
+    import dataclasses
+
+    config = dataclasses.replace(tiny_model_2d.config, spacing=(1.0, 1.0))
+    labels = np.zeros((10, 20, 30), np.int64)
+    labels[4, 5:15, 10:20] = 2
+    pair = TrainingPair(np.ones((10, 20, 30), np.float32), labels, axis=0, reviewed=(7,), spacing=(3.0, 1.5, 1.5))
+    adapted = pair.at_model_spacing(config)
+    assert adapted.image.shape == adapted.labels.shape == (10, 30, 45)
+    assert adapted.annotated_slices() == pair.annotated_slices() == [4, 7]
+    assert set(np.unique(adapted.labels)) == {0, 2} and (adapted.labels[4] == 2).sum() == 15 * 15
+    assert dataclasses.replace(pair, spacing=None).at_model_spacing(config).image.shape == (10, 20, 30)
+    assert dataclasses.replace(pair, spacing=(3.0, 1.1, 0.9)).at_model_spacing(config).image.shape == (10, 20, 30)

@@ -27,7 +27,7 @@ def test_slicewise_outputs_follow_the_input_shape_and_axis(tiny_model_2d, volume
     assert result.labels.shape == volume.shape and result.labels.dtype == np.uint8
     assert result.probabilities.shape == (3, *volume.shape)
     np.testing.assert_allclose(result.probabilities.sum(axis=0), 1.0, atol=1e-5)
-    np.testing.assert_array_equal(result.labels, decide(result.probabilities))
+    np.testing.assert_array_equal(result.labels, result.probabilities.argmax(axis=0))
     assert sorted(result.attention) == [1, 2]
     for level, attention in result.attention.items():
         factor = 2 ** (level - 1)
@@ -47,13 +47,17 @@ def test_slicewise_equals_the_model_on_each_slice(tiny_model_2d, volume):
     np.testing.assert_allclose(result.attention[2].data[:, 7], attention[2][0, 0].numpy(), atol=2e-3)
 
 
-def test_background_only_when_more_likely_than_all_classes_together():
+def test_foreground_rule_calls_background_only_when_more_likely_than_all_classes_together():
     # P(background) 0.4 against grey 0.35 + CSF 0.25: "brain" is more likely, so the most likely tissue wins.
     probabilities = np.array([[0.4, 0.6, 0.2], [0.35, 0.1, 0.5], [0.0, 0.1, 0.2], [0.25, 0.2, 0.1]], np.float32)
-    np.testing.assert_array_equal(decide(probabilities), [1, 0, 1])
-    two = np.array([[0.4, 0.6], [0.6, 0.4]], np.float32)  # two classes: the plain argmax
-    np.testing.assert_array_equal(decide(two), [1, 0])
-    np.testing.assert_array_equal(decide(probabilities.T, class_axis=1), [1, 0, 1])
+    np.testing.assert_array_equal(decide(probabilities, rule="foreground"), [1, 0, 1])
+    np.testing.assert_array_equal(decide(probabilities), [0, 0, 1])  # the default: the plain argmax
+    two = np.array([[0.4, 0.6], [0.6, 0.4]], np.float32)  # two classes: both rules agree
+    np.testing.assert_array_equal(decide(two, rule="foreground"), [1, 0])
+    np.testing.assert_array_equal(decide(probabilities.T, class_axis=1, rule="foreground"), [1, 0, 1])
+    from napari_aunet.engine.bundled import load_model
+
+    assert load_model("brain").config.decision == "foreground"
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +73,7 @@ def test_three_views_average_the_three_slicing_directions(tiny_model_2d, thick, 
     result = segmenter.segment(thick, axis=2, views=3, return_probabilities=True, progress=lambda *v: seen.append(v))
     mean = sum(r.probabilities for r in single) / 3
     np.testing.assert_allclose(result.probabilities, mean, atol=1e-5)
-    np.testing.assert_array_equal(result.labels, decide(mean))
+    np.testing.assert_array_equal(result.labels, decide(mean))  # the tiny model decides by argmax
     # attention comes from the chosen axis alone; progress counts every view's batches once, in order
     np.testing.assert_array_equal(result.attention[2].data, single[2].attention[2].data)
     assert result.axis == 2 and result.views == 3 and single[0].views == 1
