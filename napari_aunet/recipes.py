@@ -44,8 +44,8 @@ p_gm >= p_wm and p_gm >= 0.5, white p_wm > p_gm and p_wm >= 0.5, CSF the rest of
 intensity clustering inside it). Augmentation: rotation +-20 degrees, scale 0.8-1.2, flips, smooth deformation,
 voxels up to 3x coarser, bias field, gamma 0.5-2.0, contrast 0.6-1.3, noise. Judged on a head it never trained
 on: the ROBEX reference head (a real person, 1.5 mm, face and neck; the "Real head T1" sample), see
-docs/models.md. A 3D scan is segmented along all three axes and the probabilities averaged (`--views 3`, about
-4.5x the time of axial slices alone; brain mask Dice 0.950 against 0.924 there). Other contrasts (T2, PD, CT) are
+docs/models.md. A 3D scan is segmented along all three axes and the probabilities averaged (`--views 3`, 3.6x the
+time of axial slices alone; brain mask Dice 0.950 against 0.924 there). Other contrasts (T2, PD, CT) are
 outside what it knows. Not a clinical model.
 Data notices: MNI ICBM 2009a, Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre, Montreal
 Neurological Institute, McGill University (resources/samples/MNI152_NOTICE.txt); MNI152NLin6Asym T1 and brain
