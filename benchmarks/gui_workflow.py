@@ -24,16 +24,6 @@ def dock_all(viewer) -> dict:
     return widgets
 
 
-def focus(viewer, name: str, height: int) -> None:
-    """Give the dock of widget ``name`` ``height`` px; the other docks of the column share the rest."""
-    from qtpy.QtCore import Qt
-
-    docks = dict(viewer.window._dock_widgets)
-    ours = [dock for key, dock in docks.items() if key.endswith("(napari-aunet)")]
-    chosen = docks[f"{name} (napari-aunet)"]
-    viewer.window._qt_window.resizeDocks(ours, [height if dock is chosen else 60 for dock in ours], Qt.Vertical)
-
-
 def sizes(viewer, widgets: dict) -> dict:
     """Minimum size hint of each docked widget, and of the whole window, in pixels."""
     def pair(size) -> list[int]:
@@ -48,7 +38,7 @@ def sizes(viewer, widgets: dict) -> dict:
 def main() -> None:
     import napari
 
-    from napari_aunet._demo import SAMPLE, SAMPLE_KEY, save_window, wait_until_done
+    from napari_aunet._demo import SAMPLE, SAMPLE_KEY, focus, save_window, wait_until_done
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", default="1366x768", help="window size WIDTHxHEIGHT (default 1366x768)")

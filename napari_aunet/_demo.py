@@ -43,11 +43,22 @@ def run_demo(screenshot: str | None = None) -> int:
             layer.visible = layer.name.startswith(f"{SAMPLE} attention L2")
     viewer.layers[f"{SAMPLE} segmentation"].visible = True
     viewer.layers[f"{SAMPLE} segmentation"].contour = 1
-    viewer.dims.set_current_step(2, 100)  # an axial slice through the lateral ventricles
+    viewer.dims.set_current_step(2, 150)  # an axial slice through the lateral ventricles (1 mm world steps)
+    focus(viewer, "Compare attention levels", 560)
     viewer.reset_view()
     save_window(viewer, screenshot)
     print(screenshot)
     return 0
+
+
+def focus(viewer, name: str, height: int) -> None:
+    """Give the dock of widget ``name`` ``height`` px; the other docks of the column share the rest."""
+    from qtpy.QtCore import Qt
+
+    docks = dict(viewer.window._dock_widgets)
+    ours = [dock for key, dock in docks.items() if key.endswith("(napari-aunet)")]
+    chosen = docks[f"{name} (napari-aunet)"]
+    viewer.window._qt_window.resizeDocks(ours, [height if dock is chosen else 60 for dock in ours], Qt.Vertical)
 
 
 def wait_until_done(widget, seconds: float) -> bool:
