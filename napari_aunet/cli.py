@@ -391,6 +391,13 @@ def cmd_click(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    try:  # napari's window needs a Qt binding; without one qtpy raises deep inside napari's import
+        import qtpy  # noqa: F401
+    except Exception as error:  # qtpy raises its own error type when no binding is installed
+        raise CommandError(
+            "aunet demo opens a napari window and needs a Qt binding: pip install PyQt5 (or `make demo`, which "
+            "installs everything)"
+        ) from error
     from ._demo import run_demo
 
     return run_demo(screenshot=args.screenshot)

@@ -224,3 +224,12 @@ def test_click_writes_the_object_under_the_clicks(tmp_path, capsys):
     assert "has 2 indices" in capsys.readouterr().err
     assert main(["click", str(path), "--point", "500,2,3", "-o", str(out), "--model", "phantom"]) == 2
     assert "outside the volume" in capsys.readouterr().err
+
+
+def test_demo_without_a_qt_binding_is_one_line(monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "qtpy", None)  # `import qtpy` now fails, as with no binding installed
+    assert main(["demo"]) != 0
+    error = capsys.readouterr().err.strip()
+    assert "needs a Qt binding: pip install PyQt5" in error and "\n" not in error
