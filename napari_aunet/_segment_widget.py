@@ -334,6 +334,9 @@ class SegmentWidget(ScrollingContainer):
         uncertain = self._show_uncertainty(layer, source, result, request) if request["uncertainty"] else ""
         if request["probabilities"]:
             self._show_probabilities(layer, source, result)
+        if result.non_finite:
+            show_warning(f"'{layer.name}' holds {result.non_finite} NaN or infinite voxel(s); they were segmented as "
+                         "the scan's minimum (its background).")
         volumes = class_volumes_ml(result.labels, result.class_names, source.affine)
         where = "current slice" if slice_only else "volume"
         if result.views == 3:

@@ -94,8 +94,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
         return_attention=args.attention_dir is not None,
         spacing=scan.spacing,
         views=args.views,
+        nan=args.nan,
         progress=_progress_printer("segment", args.quiet),
     )
+    if result.non_finite:
+        print(f"aunet: warning: {result.non_finite} NaN or infinite voxel(s) in '{args.input}' were segmented as the "
+              "scan's minimum (--nan refuse stops instead)", file=sys.stderr)
     elapsed = time.perf_counter() - started
     save_labels(output, result.labels, reference=scan)
     written = [str(output)]
@@ -433,6 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--views", type=int, choices=(1, 3),
                          help="2d: segment along the slicing axis only (1) or along all three axes and average (3); "
                               "default: the model's (brain: 3)")
+    segment.add_argument("--nan", choices=("background", "refuse"), default="background",
+                         help="NaN or infinite voxels: segment them as the scan's minimum and say how many "
+                              "(background, the default) or refuse the scan (refuse)")
     segment.add_argument("--roi-size", type=int, default=96, help="3d window size in voxels (default 96)")
     segment.add_argument("--overlap", type=float, default=0.25, help="3d window overlap fraction (default 0.25)")
     segment.add_argument("--batch-size", type=int, default=8, help="slices or windows per batch (default 8)")

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from .checkpoint import Checkpoint
 from .config import ModelConfig
 from .geometry import GridGeometry
-from .intensity import BadVolumeError, check_volume, normalize
+from .intensity import BadVolumeError, check_volume, fill_non_finite, normalize
 from .model import AttentionUNet
 
 ProgressCallback = Callable[[int, int], None]
@@ -112,6 +112,7 @@ class SegmentationResult:
     axis: int | None = None
     resampled_shape: tuple[int, ...] | None = None  # the grid the model ran on, when the spacing was adapted
     views: int = 1  # slicing directions averaged (2D mode)
+    non_finite: int = 0  # NaN or infinite voxels of the input, segmented as the scan's minimum
 
 
 def decide(probabilities: np.ndarray, class_axis: int = 0, rule: str = "argmax") -> np.ndarray:
@@ -268,6 +269,7 @@ class Segmenter:
         return_attention: bool = True,
         spacing: tuple[float, ...] | None = None,
         views: int | None = None,
+        nan: str = "background",
     ) -> Generator[tuple[int, int], None, SegmentationResult]:
         """Generator form: yields ``(done, total)`` after each batch and returns the result.
 
@@ -276,9 +278,20 @@ class Segmenter:
         slicing axis in ``2d`` mode; ``roi_size`` and ``overlap`` (fraction of the window shared by
         neighbours) apply to ``3d`` mode. ``views`` (2D mode, 3D volumes; default: the model's own) = 3 also
         segments along the other two axes and averages the probabilities; attention maps come from ``axis``;
-        a volume thinner than ``MIN_VIEW_SLICES`` along any axis gets one view.
+        a volume thinner than ``MIN_VIEW_SLICES`` along any axis gets one view. ``nan``: NaN and infinite voxels
+        become the scan's minimum (``background``, counted in the result) or are refused (``refuse``).
         """
         volume = np.asarray(volume)
+        if volume.ndim in (2, 3) and volume.size:
+            volume, non_finite = fill_non_finite(volume, nan)
+        else:
+            non_finite = 0
+        result = yield from self._iter_segment(volume, mode, axis, roi_size, overlap, return_probabilities,
+                                               return_attention, spacing, views)
+        return replace(result, non_finite=non_finite) if non_finite else result
+
+    def _iter_segment(self, volume, mode, axis, roi_size, overlap, return_probabilities, return_attention, spacing,
+                      views):
         check_volume(volume)
         if self.config.in_channels != 1:
             raise BadVolumeError(

@@ -35,6 +35,28 @@ def check_volume(volume: np.ndarray, spatial_dims: tuple[int, ...] = (2, 3)) -> 
             )
 
 
+NAN_POLICIES = ("background", "refuse")
+
+
+def fill_non_finite(volume: np.ndarray, policy: str = "background") -> tuple[np.ndarray, int]:
+    """``volume`` with its NaN and infinite voxels set to the scan's finite minimum (its background), and how many
+    there were. Resampled or masked scans often carry NaN outside the field of view. ``policy="refuse"`` (or a
+    scan with no finite voxel at all) raises :class:`BadVolumeError` instead. Integer scans pass through."""
+    if policy not in NAN_POLICIES:
+        raise ValueError(f"unknown NaN policy {policy!r}; use background or refuse")
+    if not np.issubdtype(volume.dtype, np.floating):
+        return volume, 0
+    finite = np.isfinite(volume)
+    bad = volume.size - int(finite.sum())
+    if bad == 0:
+        return volume, 0
+    if policy == "refuse" or bad == volume.size:
+        what = "only NaN or infinite voxels" if bad == volume.size else f"{bad} NaN or infinite voxel(s) of {volume.size}"
+        raise BadVolumeError(f"the volume holds {what}; fix or mask them first")
+    filled = np.where(finite, volume, volume[finite].min()).astype(volume.dtype, copy=False)
+    return filled, bad
+
+
 def _sample(volume: np.ndarray) -> np.ndarray:
     flat = volume.reshape(-1)
     step = max(1, flat.size // _SAMPLE_VOXELS)

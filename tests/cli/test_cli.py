@@ -233,3 +233,15 @@ def test_demo_without_a_qt_binding_is_one_line(monkeypatch, capsys):
     assert main(["demo"]) != 0
     error = capsys.readouterr().err.strip()
     assert "needs a Qt binding: pip install PyQt5" in error and "\n" not in error
+
+
+def test_segment_says_how_many_nan_voxels_it_treated_as_background(tmp_path, capsys):
+    data = np.random.default_rng(0).normal(100, 20, (24, 24, 6)).astype(np.float32)
+    data[:4, :4, :] = np.nan
+    nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "holes.nii.gz")
+    out = tmp_path / "seg.nii.gz"
+    assert main(["segment", str(tmp_path / "holes.nii.gz"), "-o", str(out), "--model", "phantom"]) == 0
+    assert "96 NaN or infinite voxel(s)" in capsys.readouterr().err and out.exists()
+    assert main(["segment", str(tmp_path / "holes.nii.gz"), "-o", str(tmp_path / "no.nii.gz"), "--model", "phantom",
+                 "--nan", "refuse"]) != 0
+    assert "96 NaN or infinite voxel(s)" in capsys.readouterr().err and not (tmp_path / "no.nii.gz").exists()

@@ -250,3 +250,17 @@ def test_three_views_adapt_every_axis_to_the_models_spacing(thick):
     assert result.labels.shape == thick.shape and result.probabilities.shape == (3, *thick.shape)
     one = segmenter.segment(thick, axis=0, spacing=(2.0, 1.0, 1.0), views=1)
     assert one.resampled_shape is None  # one view: the slicing axis keeps its slices (in-plane is at 1 mm)
+
+
+def test_nan_voxels_become_the_scans_minimum_and_are_counted_or_refused(tiny_model_2d, volume):
+    segmenter = Segmenter(tiny_model_2d, device="cpu", precision="fp32")
+    holed = volume.astype(np.float32)
+    holed[0, :3, :4] = np.nan  # outside a resampled scan's field of view
+    holed[1, 0, 0] = np.inf
+    result = segmenter.segment(holed, axis=0)
+    assert result.non_finite == 13
+    filled = np.where(np.isfinite(holed), holed, holed[np.isfinite(holed)].min())
+    np.testing.assert_array_equal(result.labels, segmenter.segment(filled, axis=0).labels)
+    assert segmenter.segment(volume, axis=0).non_finite == 0
+    with pytest.raises(BadVolumeError, match="13 NaN or infinite voxel"):
+        segmenter.segment(holed, axis=0, nan="refuse")

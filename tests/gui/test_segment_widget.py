@@ -397,3 +397,20 @@ def test_ct_window_presets_set_the_contrast_in_hounsfield_units(make_napari_view
     widget._image.value = mri
     widget._window.value = "bone"
     assert "does not look like a CT" in warnings[-1]
+
+
+def test_nan_voxels_are_segmented_as_background_and_said(make_napari_viewer, qtbot, monkeypatch):
+    from napari_aunet import _segment_widget as module
+
+    messages = []
+    monkeypatch.setattr(module, "show_warning", messages.append)
+    data = (generate_phantom((8, 40, 40), seed=3).image * 100).astype(np.float32)
+    data[:, :5, :5] = np.nan  # outside a resampled scan's field of view
+    viewer = make_napari_viewer()
+    image = viewer.add_image(data, name="holes")
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget._image.value = image
+    _segment(widget, qtbot, model="phantom", with_attention=False)
+    assert "holds 200 NaN or infinite voxel(s)" in messages[-1]
+    assert viewer.layers["holes segmentation"].data.shape == data.shape
