@@ -293,6 +293,71 @@ def _is_gzip(path: Path) -> bool:
 _EXPECTED_BYTES = re.compile(r"Expected (\d+) bytes, got (\d+) bytes")
 
 
+def _available_memory() -> int | None:
+    """Bytes of memory available now (Linux /proc/meminfo, else the free pages); None when unknown."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+DEFLATE_MAX_RATIO = 1032  # deflate never expands a stream more than this (zlib's documented limit)
+
+
+def _gzip_size(path: Path) -> int | None:
+    """The uncompressed size a gzip file records in its last 4 bytes (modulo 4 GiB): a bounded read."""
+    try:
+        with open(path, "rb") as stream:
+            stream.seek(-4, os.SEEK_END)
+            return int.from_bytes(stream.read(4), "little")
+    except OSError:
+        return None
+
+
+def _size_problem(img, path: Path) -> str | None:
+    """Why the header's voxel data cannot be read — more memory than is available, or more bytes than the file
+    holds — decided from the header and the file's size alone, before allocating anything; None when it fits."""
+    try:
+        shape = tuple(int(n) for n in img.shape)
+        itemsize = np.dtype(img.get_data_dtype()).itemsize
+    except Exception:  # a header nibabel cannot describe: left to the read's own error
+        return None
+    voxels = math.prod(shape)
+    needed = voxels * itemsize
+    scaled = getattr(img.dataobj, "slope", 1.0) != 1.0 or getattr(img.dataobj, "inter", 0.0) != 0.0
+    in_memory = needed + (voxels * 4 if scaled else 0)  # the file's values, and float32 when scaled
+    size = " × ".join(map(str, shape))
+    available = _available_memory()
+    if available is not None and in_memory > available:
+        return (f"the header asks for {size} voxels ({in_memory / 1e9:.1f} GB in memory), more than the "
+                f"{available / 1e9:.1f} GB available; the header may be corrupt")
+    offset = int(getattr(img.dataobj, "offset", 0) or 0)
+    data_file = img.file_map["image"].filename if "image" in img.file_map else None
+    if not data_file or not isinstance(img, nib.analyze.AnalyzeImage):
+        return None
+    data_path = Path(data_file)
+    if data_path.suffix.lower() == ".gz":
+        stored = _gzip_size(data_path)
+        if data_path.is_file() and offset + needed > DEFLATE_MAX_RATIO * data_path.stat().st_size:
+            return (f"the header asks for {size} voxels ({needed:,} bytes), more than a {data_path.stat().st_size:,}-"
+                    "byte compressed file can hold: it is truncated or its header is corrupt")
+        if stored is not None and offset + needed < 2**32 and stored < offset + needed:
+            return (f"the header asks for {size} voxels ({needed:,} bytes) but the compressed file holds "
+                    f"{max(0, stored - offset):,}: it is truncated or its header is corrupt")
+    elif data_path.is_file() and data_path.stat().st_size < offset + needed:
+        held = max(0, data_path.stat().st_size - offset)
+        return (f"the header asks for {size} voxels ({needed:,} bytes) but the file holds {held:,}: it is "
+                "truncated or its header is corrupt")
+    return None
+
+
 def _load_reason(exc: BaseException, path: Path) -> str:
     """A plain one-line reason for a nibabel failure (never nibabel's traceback text)."""
     msg = _one_line(str(exc))
@@ -405,6 +470,9 @@ def load_scan(path: str | os.PathLike) -> Scan:
             reason = f"unsupported image type {kind}"
         raise _read_error(path, reason)
 
+    reason = _size_problem(img, p)  # before anything is allocated
+    if reason:
+        raise _read_error(path, reason)
     try:
         raw = np.asanyarray(img.dataobj)
         affine = np.array(img.affine, dtype=np.float64)

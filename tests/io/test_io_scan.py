@@ -534,3 +534,37 @@ def test_mixed_case_suffixes_load(tmp_path: Path) -> None:
     (tmp_path / "d.Nii").write_bytes(b"\0" * 400)
     with pytest.raises(ScanReadError, match=r"d\.Nii"):
         load_scan(tmp_path / "d.Nii")
+
+
+def _header_claiming(shape, path: Path, compress: bool) -> Path:
+    """A NIfTI file whose header claims ``shape`` float32 voxels but which holds 1 KB of data."""
+    import gzip as gz
+
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(np.float32)
+    header["vox_offset"] = 352
+    payload = header.binaryblock + b"\0" * 4 + b"\0" * 1024
+    if compress:
+        path.write_bytes(gz.compress(payload))
+    else:
+        path.write_bytes(payload)
+    return path
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_a_header_larger_than_memory_or_the_file_is_refused_before_allocating(tmp_path: Path, compress, monkeypatch):
+    from napari_aunet.io import scan as module
+
+    suffix = ".nii.gz" if compress else ".nii"
+    huge = _header_claiming((2000, 2000, 2000), tmp_path / f"huge{suffix}", compress)
+    monkeypatch.setattr(module, "_available_memory", lambda: 8_000_000_000)  # a laptop's free memory
+    with pytest.raises(ScanReadError, match=r"2000 × 2000 × 2000 voxels \(32.0 GB in memory\), more than the 8.0 GB"):
+        load_scan(huge)
+    # small enough for memory, but more than the file holds: said from the file's size (or the gzip trailer)
+    short = _header_claiming((64, 64, 64), tmp_path / f"short{suffix}", compress)
+    with pytest.raises(ScanReadError, match="1,048,576 bytes.*truncated or its header is corrupt"):
+        load_scan(short)
+    monkeypatch.setattr(module, "_available_memory", lambda: None)  # unknown memory: the file check still holds
+    with pytest.raises(ScanReadError, match="truncated or its header is corrupt"):
+        load_scan(huge)
