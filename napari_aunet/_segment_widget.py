@@ -29,10 +29,11 @@ from ._layers import (
 )
 from ._orientation import DisplayTransform, file_order
 from ._state import SegmentationRun, state_for
-from ._views import CT_WINDOWS, VIEWS, ct_window_limits, looks_like_ct, show_plane
+from ._views import CT_WINDOWS, VIEWS, ct_window_limits, show_plane
 from .engine.bundled import BUNDLED_MODELS, load_model
 from .engine.checkpoint import Checkpoint, CheckpointError
 from .engine.inference import SegmentationResult, Segmenter
+from .engine.intensity import domain_warning, looks_like_ct
 from .engine.postprocess import brain_mask
 from .engine.uncertainty import most_uncertain_slice, normalized_entropy
 from .io.tables import label_volumes, save_volumes_csv, voxel_volume_ml
@@ -226,6 +227,9 @@ class SegmentWidget(ScrollingContainer):
         except (ValueError, CheckpointError) as error:
             show_error(f"Cannot segment '{layer.name}': {error}")
             return
+        warning = domain_warning(request["volume"], request["segmenter"].config.modality)
+        if warning:
+            show_warning(f"'{layer.name}': {warning}.")
         self._status.value = f"segmenting '{layer.name}' on {request['segmenter'].device.type}…"
         self._progress = progress(total=0, desc=f"Segmenting {layer.name}")
         worker = _segment_in_worker(request["segmenter"], request["volume"], request["options"])

@@ -41,11 +41,3 @@ def ct_window_limits(name: str) -> tuple[float, float]:
     """(lower, upper) contrast limits in HU of a named CT window."""
     width, level = CT_WINDOWS[name]
     return float(level - width / 2), float(level + width / 2)
-
-
-def looks_like_ct(data) -> bool:
-    """Values reach well below zero (air at about -1000 HU) and above 100: a CT in Hounsfield units."""
-    import numpy as np
-
-    sample = np.asarray(data).reshape(-1)[:: max(1, np.asarray(data).size // 200_000)]
-    return bool(sample.size) and float(np.percentile(sample, 1)) < -500 and float(sample.max()) > 100

@@ -84,6 +84,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
     segmenter = Segmenter(checkpoint, device=args.device, precision=args.precision, batch_size=args.batch_size)
     mode = args.mode or f"{checkpoint.config.spatial_dims}d"
     axis = _slicing_axis(args.axis, scan) if mode == "2d" else None
+    from .engine.intensity import domain_warning
+
+    warning = domain_warning(volume, checkpoint.config.modality)
+    if warning:
+        print(f"aunet: warning: '{args.input}': {warning}", file=sys.stderr)
     started = time.perf_counter()
     result = segmenter.segment(
         volume,

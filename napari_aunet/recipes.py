@@ -70,6 +70,7 @@ BRAIN_CONFIG = ModelConfig(
     views=3,
     # grey + white + CSF is the brain: a voxel at P = 0.4 background, 0.35 grey, 0.25 CSF is brain, not background
     decision="foreground",
+    modality="mri",
 )
 DEFAULT_DATA = Path("build") / "wheels"  # where `make models` puts the wheels the brain recipe reads
 BRAIN_STEPS, BRAIN_BATCH, BRAIN_CROP, BRAIN_TILTS = 4000, 8, 128, 3

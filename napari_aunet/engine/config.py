@@ -62,6 +62,8 @@ class ModelConfig:
     # labels from probabilities: "argmax", or "foreground": background only where it is more likely than all other
     # classes together (for several classes that split one region between them: grey matter, white matter, CSF)
     decision: str = "argmax"
+    # what the model was trained on: "mri", "ct", or "" (anything); a scan clearly of the other kind gets a warning
+    modality: str = ""
 
     def __post_init__(self) -> None:
         # JSON gives lists; keep tuples so configs compare and hash as values.
@@ -74,6 +76,8 @@ class ModelConfig:
             object.__setattr__(self, "spacing", tuple(float(s) for s in self.spacing))
         if self.gate_grid not in ("fine", "coarse"):
             raise ValueError(f"gate_grid must be 'fine' or 'coarse', got {self.gate_grid!r}")
+        if self.modality not in ("", "mri", "ct"):
+            raise ValueError(f"modality must be 'mri', 'ct' or empty, got {self.modality!r}")
         if self.decision not in ("argmax", "foreground"):
             raise ValueError(f"decision must be 'argmax' or 'foreground', got {self.decision!r}")
         if self.views not in (1, 3):

@@ -38,6 +38,24 @@ def check_volume(volume: np.ndarray, spatial_dims: tuple[int, ...] = (2, 3)) -> 
 NAN_POLICIES = ("background", "refuse")
 
 
+def looks_like_ct(volume: np.ndarray) -> bool:
+    """Values reach well below zero (air at about -1000 HU) and above 100: a CT in Hounsfield units."""
+    sample = np.asarray(volume).reshape(-1)[:: max(1, np.asarray(volume).size // 200_000)]
+    sample = sample[np.isfinite(sample)] if np.issubdtype(sample.dtype, np.floating) else sample
+    return bool(sample.size) and float(np.percentile(sample, 1)) < -500 and float(sample.max()) > 100
+
+
+def domain_warning(volume: np.ndarray, modality: str) -> str | None:
+    """One line when a scan is clearly outside what a model knows (its config's ``modality``: ``mri`` or ``ct``;
+    empty: any), else None. Nothing is refused: the user may know better."""
+    if modality == "mri" and looks_like_ct(volume):
+        return ("this looks like a CT in Hounsfield units (air near -1000), but the model was trained on MRI "
+                "(T1-weighted): expect nonsense labels")
+    if modality == "ct" and not looks_like_ct(volume):
+        return "this does not look like a CT in Hounsfield units (no air near -1000), but the model was trained on CT"
+    return None
+
+
 def fill_non_finite(volume: np.ndarray, policy: str = "background") -> tuple[np.ndarray, int]:
     """``volume`` with its NaN and infinite voxels set to the scan's finite minimum (its background), and how many
     there were. Resampled or masked scans often carry NaN outside the field of view. ``policy="refuse"`` (or a

@@ -245,3 +245,17 @@ def test_segment_says_how_many_nan_voxels_it_treated_as_background(tmp_path, cap
     assert main(["segment", str(tmp_path / "holes.nii.gz"), "-o", str(tmp_path / "no.nii.gz"), "--model", "phantom",
                  "--nan", "refuse"]) != 0
     assert "96 NaN or infinite voxel(s)" in capsys.readouterr().err and not (tmp_path / "no.nii.gz").exists()
+
+
+def test_a_ct_given_to_the_mri_brain_model_gets_one_warning_line_and_is_still_segmented(tmp_path, capsys):
+    ct = np.full((40, 40, 34), -1000, np.int16)  # air
+    ct[8:32, 8:32, :] = 40  # soft tissue in HU
+    ct[10:30, 10:12, :] = 900  # bone
+    nib.save(nib.Nifti1Image(ct, np.eye(4)), tmp_path / "ct.nii.gz")
+    out = tmp_path / "seg.nii.gz"
+    assert main(["segment", str(tmp_path / "ct.nii.gz"), "-o", str(out), "--views", "1", "-q"]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(lines) == 1 and "looks like a CT in Hounsfield units" in lines[0] and "trained on MRI" in lines[0]
+    assert out.exists()  # nothing is refused
+    assert main(["segment", str(tmp_path / "ct.nii.gz"), "-o", str(out), "--model", "phantom", "-q"]) == 0
+    assert "warning" not in capsys.readouterr().err  # the phantom model knows no modality: no warning

@@ -414,3 +414,21 @@ def test_nan_voxels_are_segmented_as_background_and_said(make_napari_viewer, qtb
     _segment(widget, qtbot, model="phantom", with_attention=False)
     assert "holds 200 NaN or infinite voxel(s)" in messages[-1]
     assert viewer.layers["holes segmentation"].data.shape == data.shape
+
+
+def test_a_ct_given_to_the_mri_brain_model_is_a_notification_not_a_refusal(make_napari_viewer, qtbot, monkeypatch):
+    from napari_aunet import _segment_widget as module
+
+    messages = []
+    monkeypatch.setattr(module, "show_warning", messages.append)
+    ct = np.full((12, 40, 40), -1000, np.int16)
+    ct[:, 8:32, 8:32] = 40
+    ct[:, 10:30, 10:12] = 900
+    viewer = make_napari_viewer()
+    image = viewer.add_image(ct, name="ct")
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget._image.value = image
+    _segment(widget, qtbot, model="brain", with_attention=False)
+    assert any("looks like a CT in Hounsfield units" in m for m in messages)
+    assert "ct segmentation" in viewer.layers
