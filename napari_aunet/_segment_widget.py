@@ -330,6 +330,10 @@ class SegmentWidget(ScrollingContainer):
 
     def _on_done(self, request: dict, result: SegmentationResult, seconds: float) -> None:
         layer, source = request["layer"], request["source"]
+        if layer not in self._viewer.layers:  # deleted while it was being segmented: no orphan layers
+            self._status.value = f"'{layer.name}' was removed while it was being segmented; the result was dropped"
+            show_warning(f"'{layer.name}' was removed while it was being segmented; nothing was added.")
+            return
         slice_only = request["slice_only"]
         if slice_only is not None:
             result = _as_volume_slice(result, slice_only, source.volume.shape)

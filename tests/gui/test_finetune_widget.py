@@ -233,3 +233,24 @@ def test_fine_tune_follows_the_layer_selected_in_the_layer_list(make_napari_view
         viewer.layers.selection.active = layer
         assert widget.value is layer
     assert tune._labels_layer.value is masks[0]  # choosing an image leaves the labels choice alone
+
+
+def test_cancel_during_fine_tuning_keeps_the_active_model(make_napari_viewer, qtbot):
+    phantom = generate_phantom((12, 48, 48), seed=5, lesions=(2, 3))
+    viewer = make_napari_viewer()
+    image = viewer.add_image(phantom.image, name="scan")
+    labels = viewer.add_labels(np.zeros_like(phantom.labels), name="truth")
+    segment = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(segment)
+    segment._model.value = "phantom"
+    tune = _docked_widget(viewer, image, labels)
+    tune._model.value = "phantom"
+    for index in (2, 6, 9):
+        _paint_slice(labels, index, phantom.labels[index])
+    tune._steps.value, tune._budget.value = 0, 60
+    tune.run()
+    qtbot.waitUntil(lambda: len(tune._plot.loss) >= 2, timeout=60_000)
+    tune.cancel()
+    qtbot.waitUntil(lambda: not tune.running, timeout=60_000)
+    assert "cancelled: the model is unchanged" in tune._status.value
+    assert not tune._use.enabled and segment._model.value == "phantom"

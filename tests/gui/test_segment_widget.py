@@ -432,3 +432,25 @@ def test_a_ct_given_to_the_mri_brain_model_is_a_notification_not_a_refusal(make_
     _segment(widget, qtbot, model="brain", with_attention=False)
     assert any("looks like a CT in Hounsfield units" in m for m in messages)
     assert "ct segmentation" in viewer.layers
+
+
+def test_cancel_or_a_deleted_image_during_a_run_leave_the_layers_as_they_were(
+        make_napari_viewer, qtbot, phantom_path, monkeypatch):
+    from napari_aunet import _segment_widget as module
+
+    messages = []
+    monkeypatch.setattr(module, "show_warning", messages.append)
+    viewer, image, widget = _segmented(make_napari_viewer, qtbot, phantom_path, with_attention=False)
+    before = {layer.name: layer.data.copy() for layer in viewer.layers}
+    widget.run()
+    widget.cancel()  # cancel: the earlier result and the scan stay, nothing new
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+    assert "cancelled" in widget._status.value
+    assert list(before) == [layer.name for layer in viewer.layers]
+    assert all(np.array_equal(before[layer.name], layer.data) for layer in viewer.layers)
+
+    widget.run()
+    viewer.layers.remove(image)  # the user deletes the scan while it is being segmented
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+    assert "was removed while it was being segmented" in messages[-1]
+    assert [layer.name for layer in viewer.layers] == ["phantom segmentation"]
