@@ -17,7 +17,7 @@ import numpy as np
 from .clickmodel import CLICK_SIGMA, deepest_point, is_click_model, predict_object
 from .geometry import GridGeometry
 from .inference import AttentionMap, Segmenter
-from .intensity import check_volume, normalize
+from .intensity import check_volume, fill_non_finite, normalize
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,10 @@ class ClickSegmenter:
 
     def __init__(self, segmenter: Segmenter, volume: np.ndarray, *, window: int = 128, depth: int = 24) -> None:
         volume = np.asarray(volume)
+        if volume.ndim in (2, 3) and volume.size:
+            volume, self.non_finite = fill_non_finite(volume)  # NaN/Inf as the scan's minimum, as Segment does
+        else:
+            self.non_finite = 0
         check_volume(volume)
         if segmenter.config.spatial_dims != 2:
             raise ValueError("click segmentation needs a 2D model (it works slice by slice)")

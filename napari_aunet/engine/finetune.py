@@ -28,7 +28,7 @@ from .clickmodel import CLICK_WINDOW, is_click_model, object_masks, simulated_cl
 from .config import ModelConfig
 from .heads import HeadChange, class_names_for_labels, with_classes
 from .inference import CancelFlag, Segmenter, adapted_shape, cpu_has_bf16, decide, is_cancelled, resample
-from .intensity import check_volume, normalize
+from .intensity import check_volume, fill_non_finite, normalize
 from .model import AttentionUNet
 from .training import IGNORE, augment, masked_loss, seed_everything
 
@@ -458,8 +458,12 @@ def iter_fine_tune(
     """
     pairs = list(pairs)
     clicks = is_click_model(model.config)
-    for pair in pairs:
-        check_volume(np.asarray(pair.image))
+    for index, pair in enumerate(pairs):
+        image = np.asarray(pair.image)
+        if image.ndim in (2, 3) and image.size:  # NaN/Inf as the scan's minimum, as Segment does
+            image, _ = fill_non_finite(image)
+            pairs[index] = pair = dataclasses.replace(pair, image=image)
+        check_volume(image)
         if pair.image.shape != pair.labels.shape:
             raise ValueError(f"image shape {pair.image.shape} and labels shape {pair.labels.shape} differ")
         if np.asarray(pair.labels).min() < 0:

@@ -80,3 +80,15 @@ def test_flood_fill_from_a_seed_mask_keeps_every_touched_component():
     seeds[2, 2] = seeds[7, 7] = True
     component = flood_fill(mask, seeds)
     assert component[1:4, 1:4].all() and component[6:9, 6:9].all() and not component[1:3, 7:9].any()
+
+
+def test_nan_voxels_are_clicked_on_as_background(phantom, segmenter):
+    """As Segment does: NaN/Inf (outside a resampled scan's field of view) become the scan's minimum."""
+    organ = phantom.labels[6] > 0
+    centre = tuple(int(v) for v in np.argwhere(organ).mean(axis=0))
+    holed = phantom.image.astype(np.float32)
+    holed[:, :4, :4] = np.nan
+    session = ClickSegmenter(segmenter, holed)
+    assert session.non_finite == 16 * holed.shape[0]
+    update = session.click(np.zeros(holed.shape, bool), Click((6, *centre)), axis=0)
+    assert update.mask.any()

@@ -233,3 +233,12 @@ def test_a_scan_at_another_spacing_is_trained_on_the_grid_it_is_segmented_on(tin
     assert set(np.unique(adapted.labels)) == {0, 2} and (adapted.labels[4] == 2).sum() == 15 * 15
     assert dataclasses.replace(pair, spacing=None).at_model_spacing(config).image.shape == (10, 20, 30)
     assert dataclasses.replace(pair, spacing=(3.0, 1.1, 0.9)).at_model_spacing(config).image.shape == (10, 20, 30)
+
+
+def test_nan_voxels_are_trained_on_as_background(inverted_phantom):
+    image, truth = inverted_phantom
+    holed = image.astype(np.float32)
+    holed[:, :3, :3] = np.nan
+    result = fine_tune(load_model("phantom").build_model(), [TrainingPair(holed, _partial(truth, [4, 10]), axis=0)],
+                       FineTuneSettings(steps=3, val_fraction=0.0))
+    assert result.steps == 3 and all(np.isfinite(result.loss))

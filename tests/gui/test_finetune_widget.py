@@ -254,3 +254,21 @@ def test_cancel_during_fine_tuning_keeps_the_active_model(make_napari_viewer, qt
     qtbot.waitUntil(lambda: not tune.running, timeout=60_000)
     assert "cancelled: the model is unchanged" in tune._status.value
     assert not tune._use.enabled and segment._model.value == "phantom"
+
+
+def test_deleting_the_labels_layer_during_fine_tuning_still_ends_with_a_model(make_napari_viewer, qtbot):
+    """The run trains on a copy of the corrected slices taken at the start: deleting the layer mid-run loses
+    nothing and breaks nothing."""
+    phantom = generate_phantom((12, 48, 48), seed=5, lesions=(2, 3))
+    viewer = make_napari_viewer()
+    image = viewer.add_image(phantom.image, name="scan")
+    labels = viewer.add_labels(np.zeros_like(phantom.labels), name="truth")
+    tune = _docked_widget(viewer, image, labels)
+    tune._model.value = "phantom"
+    for index in (2, 6, 9):
+        _paint_slice(labels, index, phantom.labels[index])
+    tune._steps.value, tune._budget.value = 8, 0
+    tune.run()
+    viewer.layers.remove(labels)
+    qtbot.waitUntil(lambda: not tune.running, timeout=60_000)
+    assert tune._status.value.startswith("from 'phantom': 8 steps") and tune._use.enabled
