@@ -329,9 +329,8 @@ class FineTuneWidget(ScrollingContainer):
             for index in annotated:
                 region[file_axis] = index
                 partial[tuple(region)] = label_data[tuple(region)]
-        spacing = tuple(float(v) for v in np.linalg.norm(source.affine[:3, : source.volume.ndim], axis=0))
         return TrainingPair(np.asarray(source.volume), partial, axis=file_axis, reviewed=tuple(annotated),
-                            name=image.name, spacing=spacing)
+                            name=image.name, spacing=source.spacing)
 
     def cancel(self) -> None:
         if self._worker is not None:
@@ -377,7 +376,6 @@ class FineTuneWidget(ScrollingContainer):
         change = f"held-out mean Dice {before:.3f} → {after:.3f}" if before is not None and after is not None else \
             "no held-out slice (validation fraction 0 or too few slices)"
         self._worse = before is not None and after is not None and after < before
-        self._use.text = USE_TEXT
         self._progress_line.value = f"{result.steps} steps in {result.seconds:.0f} s; " + held_out_text(result)
         kept = f" (weights of step {result.best_step}, best on the held-out slices)" if (
             result.best_step is not None and result.best_step != result.steps) else ""

@@ -53,6 +53,11 @@ class ImageSource:
     transform: DisplayTransform | None  # None: the layer is shown in its own order
     leading: tuple[int, ...]  # indices taken on extra leading axes (4D series)
 
+    @property
+    def spacing(self) -> tuple[float, ...]:
+        """Voxel size in mm along each file axis of the volume."""
+        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, : self.volume.ndim], axis=0))
+
     def file_axis(self, display_axis: int) -> int:
         return self.transform.axes[display_axis] if self.transform is not None else display_axis
 
@@ -273,7 +278,7 @@ class SegmentWidget(ScrollingContainer):
             index = source.file_index(display_axis, display_index)
             volume = np.take(source.volume, index, axis=file_axis)
             slice_only = (file_axis, index)
-        spacing = tuple(float(v) for v in np.linalg.norm(source.affine[:3, : source.volume.ndim], axis=0))
+        spacing = source.spacing
         if slice_only is not None:
             spacing = tuple(v for a, v in enumerate(spacing) if a != file_axis)
         options = {

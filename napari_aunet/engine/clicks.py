@@ -74,11 +74,7 @@ class ClickSegmenter:
     """Interactive segmentation of one volume; keeps normalised data and per-slice predictions cached."""
 
     def __init__(self, segmenter: Segmenter, volume: np.ndarray, *, window: int = 128, depth: int = 24) -> None:
-        volume = np.asarray(volume)
-        if volume.ndim in (2, 3) and volume.size:
-            volume, self.non_finite = fill_non_finite(volume)  # NaN/Inf as the scan's minimum, as Segment does
-        else:
-            self.non_finite = 0
+        volume, self.non_finite = fill_non_finite(np.asarray(volume))  # NaN/Inf: the scan's minimum, as in Segment
         check_volume(volume)
         if segmenter.config.spatial_dims != 2:
             raise ValueError("click segmentation needs a 2D model (it works slice by slice)")

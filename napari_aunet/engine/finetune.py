@@ -459,9 +459,8 @@ def iter_fine_tune(
     pairs = list(pairs)
     clicks = is_click_model(model.config)
     for index, pair in enumerate(pairs):
-        image = np.asarray(pair.image)
-        if image.ndim in (2, 3) and image.size:  # NaN/Inf as the scan's minimum, as Segment does
-            image, _ = fill_non_finite(image)
+        image, non_finite = fill_non_finite(np.asarray(pair.image))  # NaN/Inf: the scan's minimum, as in Segment
+        if non_finite:
             pairs[index] = pair = dataclasses.replace(pair, image=image)
         check_volume(image)
         if pair.image.shape != pair.labels.shape:

@@ -281,11 +281,7 @@ class Segmenter:
         a volume thinner than ``MIN_VIEW_SLICES`` along any axis gets one view. ``nan``: NaN and infinite voxels
         become the scan's minimum (``background``, counted in the result) or are refused (``refuse``).
         """
-        volume = np.asarray(volume)
-        if volume.ndim in (2, 3) and volume.size:
-            volume, non_finite = fill_non_finite(volume, nan)
-        else:
-            non_finite = 0
+        volume, non_finite = fill_non_finite(np.asarray(volume), nan)
         result = yield from self._iter_segment(volume, mode, axis, roi_size, overlap, return_probabilities,
                                                return_attention, spacing, views)
         return replace(result, non_finite=non_finite) if non_finite else result

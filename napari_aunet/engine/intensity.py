@@ -26,13 +26,6 @@ def check_volume(volume: np.ndarray, spatial_dims: tuple[int, ...] = (2, 3)) -> 
         raise BadVolumeError(f"the volume holds {volume.dtype} values, not numbers")
     if np.issubdtype(volume.dtype, np.complexfloating):
         raise BadVolumeError("the volume holds complex numbers; convert it to magnitude first")
-    if np.issubdtype(volume.dtype, np.floating):
-        finite = np.isfinite(volume)
-        if not finite.all():
-            bad = volume.size - int(finite.sum())
-            raise BadVolumeError(
-                f"the volume holds {bad} NaN or infinite voxel(s) of {volume.size}; fix or mask them first"
-            )
 
 
 NAN_POLICIES = ("background", "refuse")
@@ -59,11 +52,12 @@ def domain_warning(volume: np.ndarray, modality: str) -> str | None:
 def fill_non_finite(volume: np.ndarray, policy: str = "background") -> tuple[np.ndarray, int]:
     """``volume`` with its NaN and infinite voxels set to the scan's finite minimum (its background), and how many
     there were. Resampled or masked scans often carry NaN outside the field of view. ``policy="refuse"`` (or a
-    scan with no finite voxel at all) raises :class:`BadVolumeError` instead. Integer scans pass through."""
+    scan with no finite voxel at all) raises :class:`BadVolumeError` instead. Integer scans pass through. Call it
+    before :func:`check_volume`, which expects finite values."""
     if policy not in NAN_POLICIES:
         raise ValueError(f"unknown NaN policy {policy!r}; use background or refuse")
-    if not np.issubdtype(volume.dtype, np.floating):
-        return volume, 0
+    if volume.ndim not in (2, 3) or volume.size == 0 or not np.issubdtype(volume.dtype, np.floating):
+        return volume, 0  # nothing to fill; check_volume names what is wrong with a volume of another shape
     finite = np.isfinite(volume)
     bad = volume.size - int(finite.sum())
     if bad == 0:
