@@ -32,6 +32,26 @@ def _paint_slice(labels, index: int, plane: np.ndarray) -> None:
 
 
 
+def _corrected_phantom(make_napari_viewer, painted: tuple[int, ...], with_segment: bool = True):
+    """A phantom scan with its true labels painted on ``painted`` slices, the Fine-tune widget on them starting
+    from the phantom model, and (``with_segment``) a Segment widget using that model. Returns (viewer, labels,
+    tune, segment)."""
+    phantom = generate_phantom((12, 48, 48), seed=5, lesions=(2, 3))
+    viewer = make_napari_viewer()
+    image = viewer.add_image(phantom.image, name="scan")
+    labels = viewer.add_labels(np.zeros_like(phantom.labels), name="truth")
+    segment = None
+    if with_segment:
+        segment = SegmentWidget(viewer)
+        viewer.window.add_dock_widget(segment)
+        segment._model.value = "phantom"
+    tune = _docked_widget(viewer, image, labels)
+    tune._model.value = "phantom"
+    for index in painted:
+        _paint_slice(labels, index, phantom.labels[index])
+    return viewer, labels, tune, segment
+
+
 def test_correct_then_fine_tune_end_to_end(make_napari_viewer, qtbot, tmp_path):
     phantom = generate_phantom((16, 48, 48), seed=5, lesions=(2, 3))
     path = tmp_path / "inverted.nii.gz"
@@ -88,17 +108,7 @@ def test_a_worse_model_is_not_used_without_confirmation(make_napari_viewer, qtbo
 
     messages = []
     monkeypatch.setattr(module, "show_warning", messages.append)
-    phantom = generate_phantom((12, 48, 48), seed=5, lesions=(2, 3))
-    viewer = make_napari_viewer()
-    image = viewer.add_image(phantom.image, name="scan")
-    labels = viewer.add_labels(np.zeros_like(phantom.labels), name="truth")
-    segment = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(segment)
-    segment._model.value = "phantom"
-    tune = _docked_widget(viewer, image, labels)
-    tune._model.value = "phantom"
-    for index in (2, 4, 6, 8):
-        _paint_slice(labels, index, phantom.labels[index])
+    viewer, labels, tune, segment = _corrected_phantom(make_napari_viewer, (2, 4, 6, 8))
     # a learning rate of 1 wrecks any network in a few steps: worse on the held-out slices by construction
     tune._steps.value, tune._budget.value, tune._val_fraction.value, tune._learning_rate.value = 6, 0, 0.5, 1.0
     tune.run()
@@ -236,17 +246,7 @@ def test_fine_tune_follows_the_layer_selected_in_the_layer_list(make_napari_view
 
 
 def test_cancel_during_fine_tuning_keeps_the_active_model(make_napari_viewer, qtbot):
-    phantom = generate_phantom((12, 48, 48), seed=5, lesions=(2, 3))
-    viewer = make_napari_viewer()
-    image = viewer.add_image(phantom.image, name="scan")
-    labels = viewer.add_labels(np.zeros_like(phantom.labels), name="truth")
-    segment = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(segment)
-    segment._model.value = "phantom"
-    tune = _docked_widget(viewer, image, labels)
-    tune._model.value = "phantom"
-    for index in (2, 6, 9):
-        _paint_slice(labels, index, phantom.labels[index])
+    viewer, labels, tune, segment = _corrected_phantom(make_napari_viewer, (2, 6, 9))
     tune._steps.value, tune._budget.value = 0, 60
     tune.run()
     qtbot.waitUntil(lambda: len(tune._plot.loss) >= 2, timeout=60_000)
@@ -259,14 +259,7 @@ def test_cancel_during_fine_tuning_keeps_the_active_model(make_napari_viewer, qt
 def test_deleting_the_labels_layer_during_fine_tuning_still_ends_with_a_model(make_napari_viewer, qtbot):
     """The run trains on a copy of the corrected slices taken at the start: deleting the layer mid-run loses
     nothing and breaks nothing."""
-    phantom = generate_phantom((12, 48, 48), seed=5, lesions=(2, 3))
-    viewer = make_napari_viewer()
-    image = viewer.add_image(phantom.image, name="scan")
-    labels = viewer.add_labels(np.zeros_like(phantom.labels), name="truth")
-    tune = _docked_widget(viewer, image, labels)
-    tune._model.value = "phantom"
-    for index in (2, 6, 9):
-        _paint_slice(labels, index, phantom.labels[index])
+    viewer, labels, tune, _ = _corrected_phantom(make_napari_viewer, (2, 6, 9), with_segment=False)
     tune._steps.value, tune._budget.value = 8, 0
     tune.run()
     viewer.layers.remove(labels)

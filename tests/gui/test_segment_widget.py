@@ -51,6 +51,17 @@ def _segmented(make_napari_viewer, qtbot, path, **choices):
     return viewer, image, widget
 
 
+def _segmented_array(make_napari_viewer, qtbot, data, name: str, model: str):
+    """A viewer with ``data`` added as image ``name`` and segmented by ``model`` through the widget (no maps)."""
+    viewer = make_napari_viewer()
+    image = viewer.add_image(data, name=name)
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget._image.value = image
+    _segment(widget, qtbot, model=model, with_attention=False)
+    return viewer
+
+
 def test_segment_then_compare_end_to_end(make_napari_viewer, qtbot, phantom_path, tmp_path):
     viewer, image, widget = _segmented(make_napari_viewer, qtbot, phantom_path)
 
@@ -406,12 +417,7 @@ def test_nan_voxels_are_segmented_as_background_and_said(make_napari_viewer, qtb
     monkeypatch.setattr(module, "show_warning", messages.append)
     data = (generate_phantom((8, 40, 40), seed=3).image * 100).astype(np.float32)
     data[:, :5, :5] = np.nan  # outside a resampled scan's field of view
-    viewer = make_napari_viewer()
-    image = viewer.add_image(data, name="holes")
-    widget = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-    widget._image.value = image
-    _segment(widget, qtbot, model="phantom", with_attention=False)
+    viewer = _segmented_array(make_napari_viewer, qtbot, data, "holes", "phantom")
     assert "holds 200 NaN or infinite voxel(s)" in messages[-1]
     assert viewer.layers["holes segmentation"].data.shape == data.shape
 
@@ -424,12 +430,7 @@ def test_a_ct_given_to_the_mri_brain_model_is_a_notification_not_a_refusal(make_
     ct = np.full((12, 40, 40), -1000, np.int16)
     ct[:, 8:32, 8:32] = 40
     ct[:, 10:30, 10:12] = 900
-    viewer = make_napari_viewer()
-    image = viewer.add_image(ct, name="ct")
-    widget = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-    widget._image.value = image
-    _segment(widget, qtbot, model="brain", with_attention=False)
+    viewer = _segmented_array(make_napari_viewer, qtbot, ct, "ct", "brain")
     assert any("looks like a CT in Hounsfield units" in m for m in messages)
     assert "ct segmentation" in viewer.layers
 

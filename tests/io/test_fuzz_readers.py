@@ -28,6 +28,18 @@ def segmenter():
     return Segmenter(load_model("phantom"), device="cpu", precision="fp32")
 
 
+def _load_then_segment(path, segmenter) -> None:
+    """The file loads and then segments or is refused with our one-line error, or the reader refuses it so."""
+    try:
+        scan = load_scan(path)
+    except ScanReadError as error:
+        assert "\n" not in str(error) and str(error).startswith("cannot read")
+        event("refused by the reader")
+        return
+    event("loaded")
+    _segment_or_plain_error(segmenter, scan)
+
+
 def _segment_or_plain_error(segmenter, scan) -> None:
     """A scan that loaded either segments or is refused with our one-line error."""
     volume = np.asarray(scan.data)
@@ -63,14 +75,7 @@ def test_random_nifti_headers_give_only_plain_errors(tmp_path, segmenter, ndim, 
     payload = header.binaryblock + b"\0" * 4 + np.random.default_rng(seed).bytes(body)
     path = tmp_path / ("fuzz.nii.gz" if compress else "fuzz.nii")
     path.write_bytes(gzip.compress(payload) if compress else payload)
-    try:
-        scan = load_scan(path)
-    except ScanReadError as error:
-        assert "\n" not in str(error) and str(error).startswith("cannot read")
-        event("refused by the reader")
-        return
-    event("loaded")
-    _segment_or_plain_error(segmenter, scan)
+    _load_then_segment(path, segmenter)
 
 
 @FUZZ
@@ -92,11 +97,4 @@ def test_random_nrrd_headers_give_only_plain_errors(tmp_path, segmenter, kind, d
     data = gzip.compress(body) if encoding == "gzip" else body
     path = tmp_path / "fuzz.nrrd"
     path.write_bytes(("\n".join(lines) + "\n\n").encode("utf-8", "replace") + data)
-    try:
-        scan = load_scan(path)
-    except ScanReadError as error:
-        assert "\n" not in str(error) and str(error).startswith("cannot read")
-        event("refused by the reader")
-        return
-    event("loaded")
-    _segment_or_plain_error(segmenter, scan)
+    _load_then_segment(path, segmenter)
