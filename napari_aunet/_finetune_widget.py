@@ -304,7 +304,7 @@ class FineTuneWidget(ScrollingContainer):
         start = "a new network (from scratch)" if model_name == SCRATCH else f"'{_canonical(model_name)}'"
         classes = f" for {', '.join(class_names[1:])}" if class_names else ""
         self._set_status(f"fine-tuning {start}{classes} on {len(pair.reviewed)} slice(s)…")
-        worker.start()
+        self.start_worker(worker)
 
     def _training_pair(self, image, labels) -> TrainingPair:
         source = image_source(image, self._viewer)

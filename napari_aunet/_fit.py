@@ -52,6 +52,30 @@ class ScrollingContainer(Container):
         scroll = self.__dict__.get("_scroll")  # magicgui asks for ``native`` while it builds the container
         return scroll if scroll is not None else super().native
 
+    def start_worker(self, worker) -> None:
+        """Start a napari ``thread_worker`` that stops, quietly, when this widget goes (its viewer closed).
+
+        A worker's queued signals would otherwise reach widgets whose Qt objects are gone (a traceback per signal)
+        and keep computing for a window that no longer exists."""
+
+        def stop(*_) -> None:
+            for signal in (worker.yielded, worker.returned, worker.errored, worker.aborted, worker.finished):
+                try:
+                    signal.disconnect()
+                except (TypeError, RuntimeError):  # nothing connected
+                    pass
+            worker.quit()
+
+        def forget() -> None:
+            try:
+                self._scroll.destroyed.disconnect(stop)
+            except (TypeError, RuntimeError):
+                pass
+
+        self._scroll.destroyed.connect(stop)
+        worker.finished.connect(forget)
+        worker.start()
+
     @property
     def inner(self) -> QWidget:
         return self._scroll.widget()

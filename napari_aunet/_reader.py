@@ -20,13 +20,12 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ._orientation import META_KEY, DisplayTransform, layer_kwargs_for, oblique_message
-from .io import READ_SUFFIXES, Scan, ScanReadError, has_suffix, load_scan
+from .io import READ_SUFFIXES, Scan, ScanReadError, has_suffix, load_scan, scan_name
 
 __all__ = ["napari_get_reader", "read_scan", "read_scans", "scan_layer_data", "scan_name"]
 
@@ -60,6 +59,9 @@ def read_scans(path: str | Sequence[str]) -> list[LayerDataTuple]:
     a different plugin" with our line at the very end; then the line is also shown as its own error
     notification.
     """
+    from ._recovery import watch_current_viewer
+
+    watch_current_viewer()  # offers edits an earlier session left of these scans, autosaves new ones
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
     layers: list[LayerDataTuple] = []
     for p in paths:
@@ -84,15 +86,6 @@ def _napari_wraps_reader_errors() -> bool:
             return True
         frame = frame.f_back
     return False
-
-
-def scan_name(path: str | os.PathLike) -> str:
-    """File name without its scan suffix: ``brain.nii.gz`` -> ``brain``."""
-    name = Path(os.fspath(path)).name
-    for suffix in sorted(READ_SUFFIXES, key=len, reverse=True):
-        if has_suffix(name, (suffix,)):
-            return name[: len(name) - len(suffix)]
-    return name
 
 
 def read_scan(

@@ -52,7 +52,9 @@ def mni152_t1_path() -> Path:
 def mni152_t1_sample() -> list[tuple]:
     """The MNI ICBM152 2009a symmetric T1 template as an Image layer "MNI152 T1", read like any file."""
     from ._reader import read_scan
+    from ._recovery import watch_current_viewer
 
+    watch_current_viewer()
     return read_scan(mni152_t1_path(), layer_type="image", name="MNI152 T1")
 
 
@@ -61,7 +63,9 @@ def head_t1_sample() -> list[tuple]:
 
     The brain model never trained on it: it is the head on which docs/models.md measures it."""
     from ._reader import read_scan
+    from ._recovery import watch_current_viewer
     from .engine.bundled import resources_dir
     from .training_data import ROBEX_SAMPLE
 
+    watch_current_viewer()
     return read_scan(resources_dir() / "samples" / ROBEX_SAMPLE, layer_type="image", name="head T1")

@@ -139,6 +139,12 @@ class SegmentWidget(ScrollingContainer):
             tooltip="Segment along the axial, coronal and sagittal slices and average them: about 3x the time, "
                     "steadier at the brain's base (the brain model's default)",
         )
+        self._nan = ComboBox(
+            label="NaN voxels", choices=[("as background", "background"), ("refuse the scan", "refuse")],
+            value="background",
+            tooltip="NaN or infinite voxels (outside a resampled scan's field of view): segmented as the scan's "
+                    "minimum, and counted, or the scan is refused (aunet segment --nan)",
+        )
         self._with_attention = CheckBox(text="attention layers", value=True)
         self._with_probabilities = CheckBox(text="probability layers", value=False)
         self._with_uncertainty = CheckBox(
@@ -163,7 +169,7 @@ class SegmentWidget(ScrollingContainer):
         self._status.native.setWordWrap(True)
         self.extend([
             self._image, self._view, self._window, self._model, self._checkpoint, self._card, self._device, self._mode, self._plane,
-            self._three_views, self._scope, self._with_attention, self._with_probabilities, self._with_uncertainty,
+            self._three_views, self._scope, self._nan, self._with_attention, self._with_probabilities, self._with_uncertainty,
             self._with_brain_mask, self._run,
             self._cancel, self._status, self._go_uncertain, self._volumes_path, self._save_volumes, self._note,
         ])
@@ -245,7 +251,7 @@ class SegmentWidget(ScrollingContainer):
         worker.finished.connect(self._on_finished)
         self._worker = worker
         self._run.enabled, self._cancel.enabled = False, True
-        worker.start()
+        self.start_worker(worker)
 
     def cancel(self) -> None:
         if self._worker is not None:
@@ -288,6 +294,7 @@ class SegmentWidget(ScrollingContainer):
             "return_attention": self._with_attention.value,
             "return_probabilities": self._with_probabilities.value or self._with_uncertainty.value,
             "views": 3 if self._three_views.value and mode == "2d" and slice_only is None else 1,
+            "nan": self._nan.value,
         }
         if slice_only is not None:
             options["axis"] = 0

@@ -52,6 +52,8 @@ class AunetState:
     model_listeners: list = field(default_factory=list)
     # called with the image layer's name when a segmentation of it has finished and its layers are in place
     run_listeners: list = field(default_factory=list)
+    # autosaves label edits and offers them back after a crash (napari_aunet._recovery.RecoveryKeeper)
+    keeper: object = None
 
     def record_run(self, run: SegmentationRun) -> None:
         """Remember ``run`` as the last segmentation of its image and tell the widgets."""
@@ -130,5 +132,8 @@ def state_for(viewer: napari.Viewer) -> AunetState:
     """The state object of ``viewer`` (made on first use)."""
     state = _STATES.get(viewer)
     if state is None:
+        from ._recovery import RecoveryKeeper
+
         state = _STATES[viewer] = AunetState()
+        state.keeper = RecoveryKeeper(viewer, state)
     return state

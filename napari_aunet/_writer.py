@@ -85,6 +85,10 @@ def _write(path: str, data: Any, attributes: dict[str, Any], *, labels: bool) ->
         raise LayerSaveError(str(exc)) from exc
     except (ValueError, TypeError) as exc:
         raise LayerSaveError(" ".join(f"cannot write '{target}': {exc}".split())) from exc
+    if labels:
+        from ._recovery import forget_saved
+
+        forget_saved(data, attributes)  # saved: its autosaved copy is no longer needed
     return [os.fspath(written)]
 
 

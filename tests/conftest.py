@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,12 @@ from napari_aunet.engine.model import AttentionUNet
 @pytest.fixture(scope="session", autouse=True)
 def _few_threads():
     torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _own_data_dir(tmp_path_factory):
+    """Autosaved label edits of the tests go to a folder of their own, never to the user's data directory."""
+    os.environ["XDG_DATA_HOME"] = str(tmp_path_factory.mktemp("data-home"))
 
 
 def tiny_config(spatial_dims: int = 2, gated_levels=(1, 2), out_channels: int = 3, **kwargs) -> ModelConfig:

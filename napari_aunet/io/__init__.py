@@ -15,6 +15,7 @@ from napari_aunet.io.scan import (
     save_image,
     save_labels,
     scan_from_array,
+    scan_name,
 )
 
 __all__ = [
@@ -29,4 +30,5 @@ __all__ = [
     "save_image",
     "save_labels",
     "scan_from_array",
+    "scan_name",
 ]

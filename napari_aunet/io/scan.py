@@ -29,6 +29,7 @@ from nibabel.nifti2 import Nifti2Image, Nifti2Pair
 
 __all__ = [
     "NIFTI_SUFFIXES",
+    "scan_name",
     "READ_SUFFIXES",
     "Scan",
     "ScanReadError",
@@ -83,6 +84,15 @@ def has_suffix(path: str | os.PathLike, suffixes: Sequence[str] | str) -> bool:
         suffixes = (suffixes,)
     name = Path(os.fspath(path)).name.lower()
     return any(name.endswith(s.lower()) and len(name) > len(s) for s in suffixes)
+
+
+def scan_name(path: str | os.PathLike) -> str:
+    """File name without its scan suffix: ``brain.nii.gz`` -> ``brain``."""
+    name = Path(os.fspath(path)).name
+    for suffix in sorted(READ_SUFFIXES, key=len, reverse=True):
+        if has_suffix(name, (suffix,)):
+            return name[: len(name) - len(suffix)]
+    return name
 
 
 def _matching_suffix(path: str | os.PathLike, suffixes: Sequence[str]) -> str | None:

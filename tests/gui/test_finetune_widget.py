@@ -245,10 +245,16 @@ def test_fine_tune_follows_the_layer_selected_in_the_layer_list(make_napari_view
     assert tune._labels_layer.value is masks[0]  # choosing an image leaves the labels choice alone
 
 
-def test_cancel_during_fine_tuning_keeps_the_active_model(make_napari_viewer, qtbot):
+def test_cancel_during_fine_tuning_keeps_the_active_model(make_napari_viewer, qtbot, monkeypatch):
+    from napari_aunet import _finetune_widget as module
+
+    warnings = []
+    monkeypatch.setattr(module, "show_warning", warnings.append)
     viewer, labels, tune, segment = _corrected_phantom(make_napari_viewer, (2, 6, 9))
     tune._steps.value, tune._budget.value = 0, 60
     tune.run()
+    tune.run()  # a second press while it runs
+    assert warnings == ["Fine-tuning is already running: wait for it or press Cancel."]
     qtbot.waitUntil(lambda: len(tune._plot.loss) >= 2, timeout=60_000)
     tune.cancel()
     qtbot.waitUntil(lambda: not tune.running, timeout=60_000)
@@ -265,3 +271,15 @@ def test_deleting_the_labels_layer_during_fine_tuning_still_ends_with_a_model(ma
     viewer.layers.remove(labels)
     qtbot.waitUntil(lambda: not tune.running, timeout=60_000)
     assert tune._status.value.startswith("from 'phantom': 8 steps") and tune._use.enabled
+
+
+def test_closing_the_viewer_during_fine_tuning_stops_it_quietly(make_napari_viewer, qtbot):
+    viewer, labels, tune, _ = _corrected_phantom(make_napari_viewer, (2, 6, 9), with_segment=False)
+    tune._steps.value, tune._budget.value = 0, 60
+    tune.run()
+    worker = tune._worker
+    qtbot.waitUntil(lambda: len(tune._plot.loss) >= 1, timeout=60_000)
+    viewer.close()
+    qtbot.waitUntil(lambda: not worker.is_running, timeout=60_000)
+    qtbot.wait(50)
+    assert worker.abort_requested

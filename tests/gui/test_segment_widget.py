@@ -59,7 +59,7 @@ def _segmented_array(make_napari_viewer, qtbot, data, name: str, model: str):
     viewer.window.add_dock_widget(widget)
     widget._image.value = image
     _segment(widget, qtbot, model=model, with_attention=False)
-    return viewer
+    return viewer, widget
 
 
 def test_segment_then_compare_end_to_end(make_napari_viewer, qtbot, phantom_path, tmp_path):
@@ -417,9 +417,16 @@ def test_nan_voxels_are_segmented_as_background_and_said(make_napari_viewer, qtb
     monkeypatch.setattr(module, "show_warning", messages.append)
     data = (generate_phantom((8, 40, 40), seed=3).image * 100).astype(np.float32)
     data[:, :5, :5] = np.nan  # outside a resampled scan's field of view
-    viewer = _segmented_array(make_napari_viewer, qtbot, data, "holes", "phantom")
+    viewer, widget = _segmented_array(make_napari_viewer, qtbot, data, "holes", "phantom")
     assert "holds 200 NaN or infinite voxel(s)" in messages[-1]
     assert viewer.layers["holes segmentation"].data.shape == data.shape
+
+    errors = []  # the widget's "refuse the scan" is the CLI's --nan refuse
+    monkeypatch.setattr(module, "show_error", errors.append)
+    _segment(widget, qtbot, nan="refuse")
+    assert errors == ["Segmentation of 'holes' failed: the volume holds 200 NaN or infinite voxel(s) of 12800; "
+                      "fix or mask them first"]
+    assert [layer.name for layer in viewer.layers] == ["holes", "holes segmentation"]
 
 
 def test_a_ct_given_to_the_mri_brain_model_is_a_notification_not_a_refusal(make_napari_viewer, qtbot, monkeypatch):
@@ -430,7 +437,7 @@ def test_a_ct_given_to_the_mri_brain_model_is_a_notification_not_a_refusal(make_
     ct = np.full((12, 40, 40), -1000, np.int16)
     ct[:, 8:32, 8:32] = 40
     ct[:, 10:30, 10:12] = 900
-    viewer = _segmented_array(make_napari_viewer, qtbot, ct, "ct", "brain")
+    viewer, _ = _segmented_array(make_napari_viewer, qtbot, ct, "ct", "brain")
     assert any("looks like a CT in Hounsfield units" in m for m in messages)
     assert "ct segmentation" in viewer.layers
 
@@ -455,3 +462,14 @@ def test_cancel_or_a_deleted_image_during_a_run_leave_the_layers_as_they_were(
     qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
     assert "was removed while it was being segmented" in messages[-1]
     assert [layer.name for layer in viewer.layers] == ["phantom segmentation"]
+
+
+def test_closing_the_viewer_during_a_run_stops_it_quietly(make_napari_viewer, qtbot, phantom_path, tmp_path):
+    """The window closes while Segment runs: the run stops, nothing is added to the closed viewer, no error."""
+    viewer, image, widget = _segmented(make_napari_viewer, qtbot, phantom_path, with_attention=False)
+    widget.run()
+    worker = widget._worker
+    viewer.close()
+    qtbot.waitUntil(lambda: not worker.is_running, timeout=60_000)
+    qtbot.wait(50)  # the worker's last signals reach their (closed) widget
+    assert worker.abort_requested
