@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -64,11 +65,51 @@ def _spatial_volume(scan):
     return data
 
 
+def _is_cohort(args: argparse.Namespace) -> bool:
+    """Several inputs, a folder, a glob, or an output folder: one task per scan (napari_aunet.cohort)."""
+    inputs = args.input
+    return (len(inputs) > 1 or any(Path(p).is_dir() or set("*?[") & set(p) for p in inputs)
+            or Path(args.output).is_dir() or args.output.endswith(os.sep) or args.dask is not None)
+
+
+def cmd_segment_cohort(args: argparse.Namespace) -> int:
+    from .cohort import SUMMARY_NAME, CohortOptions, find_scans, run_cohort
+
+    for flag, value in (("--volumes", args.volumes), ("--brain-mask", args.brain_mask),
+                        ("--attention-dir", args.attention_dir)):
+        if value is not None:
+            raise CommandError(f"{flag} takes one scan; for a cohort, {SUMMARY_NAME} in OUTDIR holds every volume")
+    if any(args.output.endswith(s) for s in (".nii", ".nii.gz")):
+        raise CommandError(f"several scans go to a folder, not to the file '{args.output}'")
+    if args.workers is not None and (args.dask is None or args.workers < 1):
+        raise CommandError("--workers needs --dask (and at least 1)")
+    scans = find_scans(args.input)
+    workers = args.workers or (os.cpu_count() or 1 if args.dask == "local" else None)
+    threads = max(1, (os.cpu_count() or 1) // workers) if args.dask == "local" else None
+    options = CohortOptions(model=args.model, device=args.device, precision=args.precision,
+                            batch_size=args.batch_size, mode=args.mode, axis=args.axis, views=args.views,
+                            nan=args.nan, roi_size=args.roi_size, overlap=args.overlap, threads=threads)
+    report = _progress_printer("segment", args.quiet)
+    started = time.perf_counter()
+    rows = run_cohort(scans, args.output, options, dask=args.dask, workers=workers, progress=report,
+                      failed=lambda row: print(f"aunet: failed: {row['file']}: {row['reason']}", file=sys.stderr))
+    counts = {status: sum(row["status"] == status for row in rows) for status in ("ok", "up to date", "failed")}
+    summary = Path(args.output) / SUMMARY_NAME
+    if not args.quiet:
+        print(f"segmented {counts['ok']} of {len(rows)} scans ({counts['up to date']} up to date, "
+              f"{counts['failed']} failed) in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+        print(summary)
+    return 1 if counts["failed"] else 0
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
     from .engine.bundled import load_model
     from .engine.inference import Segmenter
     from .io import load_scan, save_attention_maps, save_labels
 
+    if _is_cohort(args):
+        return cmd_segment_cohort(args)
+    args.input = args.input[0]
     output = Path(args.output)
     if not any(str(output).endswith(s) for s in (".nii", ".nii.gz")):
         raise CommandError(f"output '{output}' must end with .nii or .nii.gz")
@@ -247,6 +288,72 @@ def _pairs_from_files(images: list[str], labels: list[str], axis: str):
     return pairs, scans
 
 
+def _training_files(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """(images, labels) from --manifest (a CSV with image,labels columns; paths relative to it) or from --image /
+    --labels, each a file or a folder (files matched by name)."""
+    from .cohort import find_scans
+
+    if args.manifest:
+        import csv
+
+        if args.image or args.labels:
+            raise CommandError("give --manifest or --image/--labels, not both")
+        base = Path(args.manifest).parent
+        try:
+            with open(args.manifest, newline="", encoding="utf-8") as stream:
+                rows = list(csv.DictReader(stream))
+        except OSError as error:
+            raise CommandError(f"cannot read the manifest '{args.manifest}': {error.strerror or error}") from error
+        if not rows or not {"image", "labels"} <= set(rows[0]):
+            raise CommandError(f"the manifest '{args.manifest}' needs a header with image and labels columns")
+        return ([str(base / row["image"]) for row in rows], [str(base / row["labels"]) for row in rows])
+    if not args.image or not args.labels:
+        raise CommandError("give --image and --labels (files or folders), or --manifest CSV")
+    if len(args.image) != len(args.labels):
+        raise CommandError(f"{len(args.image)} --image but {len(args.labels)} --labels: give one labels file per image")
+    images, labels = [], []
+    for image, label in zip(args.image, args.labels, strict=True):
+        if Path(image).is_dir() != Path(label).is_dir():
+            raise CommandError(f"'{image}' and '{label}': give two files or two folders")
+        if not Path(image).is_dir():
+            images.append(image)
+            labels.append(label)
+            continue
+        found = {p.name: p for p in find_scans([label])}
+        for scan in find_scans([image]):
+            if scan.name not in found:
+                raise CommandError(f"no labels for '{scan.name}' in '{label}' (labels are matched by file name)")
+            images.append(str(scan))
+            labels.append(str(found[scan.name]))
+    return images, labels
+
+
+def _start_ranks(device) -> tuple[int, int, object]:
+    """Join the torchrun process group (Gloo on CPUs, NCCL on GPUs): (rank, world size, this rank's device)."""
+    import torch
+    import torch.distributed as dist
+
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        raise CommandError("--distributed runs under torchrun, e.g. torchrun --nproc-per-node 2 "
+                           "$(which aunet) train … --distributed")
+    if device.type == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def _weights_digest(model) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _label_names(path: str | None) -> dict[int, str]:
     """Label value -> name from an ITK-SNAP label description file (``--label-names``)."""
     if not path:
@@ -260,6 +367,25 @@ def _label_names(path: str | None) -> dict[int, str]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    output = Path(args.output)
+    if not str(output).endswith(".safetensors"):
+        raise CommandError(f"output '{output}' must end with .safetensors")
+    if args.steps is None and args.time_budget is None:
+        args.steps = 200
+    images, labels = _training_files(args)
+    device, rank, world = _device(args.device), 0, 1
+    if args.distributed:
+        rank, world, device = _start_ranks(device)
+    try:
+        return _train(args, output, images, labels, device, rank, world)
+    finally:
+        if args.distributed:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _train(args, output: Path, images: list[str], labels: list[str], device, rank: int, world: int) -> int:
     from .engine.bundled import load_model
     from .engine.checkpoint import save_checkpoint
     from .engine.clickmodel import is_click_model
@@ -269,12 +395,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .engine.model import AttentionUNet
     from .engine.training import seed_everything
 
-    output = Path(args.output)
-    if not str(output).endswith(".safetensors"):
-        raise CommandError(f"output '{output}' must end with .safetensors")
-    if args.steps is None and args.time_budget is None:
-        args.steps = 200
-    pairs, scans = _pairs_from_files(args.image, args.labels, args.axis)
+    pairs, scans = _pairs_from_files(images, labels, args.axis)
     highest = int(max(int(p.labels.max()) for p in pairs))
     names = _label_names(args.label_names)
     seed_everything(args.seed)
@@ -301,18 +422,29 @@ def cmd_train(args: argparse.Namespace) -> int:
         if is_click_model(config):
             class_names = None  # a click model's classes are the clicked object's, whatever its label
     change = head_change(model.config.class_names, class_names) if class_names is not None else None
-    if change is not None and change.changed:
+    if change is not None and change.changed and rank == 0:
         print(f"aunet: {change.message(args.init)}", file=sys.stderr)
     # learning rate None: 3e-3 from scratch or for a new head, 1e-3 correcting the model's own classes
     settings = FineTuneSettings(steps=args.steps, time_budget=args.time_budget, learning_rate=args.lr,
                                 val_fraction=args.val_fraction, seed=args.seed, from_scratch=args.init == "none",
                                 precision=args.precision)
-    report = _progress_printer("train", args.quiet)
-    result = fine_tune(model, pairs, settings, device=str(_device(args.device)), class_names=class_names,
+    report = _progress_printer("train", args.quiet or rank > 0)
+    result = fine_tune(model, pairs, settings, device=str(device), class_names=class_names,
                        progress=(lambda step, total, loss, dice: report(step, total or step)) if report else None)
+    identical = True
+    if world > 1:  # DistributedDataParallel keeps the ranks in step: check that they really end identical
+        import torch.distributed as dist
+
+        digests = [None] * world
+        dist.all_gather_object(digests, _weights_digest(result.model))
+        identical = len(set(digests)) == 1
+        if rank > 0:
+            return 0
+        if not identical:
+            print("aunet: warning: the ranks ended with different weights; rank 0's are saved", file=sys.stderr)
     provenance = {
-        "init": args.init, "arch": args.arch, "seed": args.seed,
-        "images": [str(p) for p in args.image], "labels": [str(p) for p in args.labels],
+        "init": args.init, "arch": args.arch, "seed": args.seed, "ranks": world,
+        "images": images, "labels": labels,
         "shapes": [list(p.image.shape) for p in pairs], "axes": [p.axis for p in pairs],
         "annotated_slices": {p.name: p.annotated_slices() for p in pairs},
         "train_slices": result.train_slices, "validation_slices": result.val_slices,
@@ -320,8 +452,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     save_checkpoint(output, result.model, history=result.history(settings), provenance=provenance,
                     model_card=f"Trained by `aunet train` from {args.init} on {len(pairs)} image(s); classes: "
                     f"{', '.join(result.model.config.class_names[1:])}.")
-    print(json.dumps(_json_safe({"output": str(output), "steps": result.steps, "seconds": round(result.seconds, 1),
-                                 "before": result.before, "after": result.after}), indent=2))
+    summary = {"output": str(output), "steps": result.steps, "seconds": round(result.seconds, 1),
+               "before": result.before, "after": result.after}
+    if world > 1:
+        summary.update(ranks=world, weights_identical=identical)
+    print(json.dumps(_json_safe(summary), indent=2))
     return 0
 
 
@@ -421,13 +556,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     segment = sub.add_parser(
         "segment",
-        help="segment a scan and write a label volume (and attention maps)",
-        description="Segment IN (NIfTI/Analyze/MGH) and write an integer label volume with IN's shape and "
+        help="segment a scan (or a cohort) and write label volumes (and attention maps)",
+        description="Segment IN (NIfTI/Analyze/MGH/NRRD) and write an integer label volume with IN's shape and "
         "affine. With --attention-dir, also write one NIfTI per gated level (level1.nii.gz = finest), each "
-        "at its own resolution with an affine that places it over IN.",
+        "at its own resolution with an affine that places it over IN. Several inputs, a folder or a glob "
+        "segment a cohort into the folder OUT: one task per scan, outputs with the scans' names, a scan that "
+        "fails is one line and the rest go on, a re-run skips scans whose output is up to date, and "
+        "OUT/summary.csv lists every scan (exit status 1 when any failed). --dask runs the tasks on a Dask "
+        "cluster.",
     )
-    segment.add_argument("input", metavar="IN", help="scan to segment (.nii, .nii.gz, .hdr/.img, .mgz, .nrrd/.nhdr)")
-    segment.add_argument("-o", "--output", required=True, metavar="OUT", help="label file to write (.nii.gz)")
+    segment.add_argument("input", metavar="IN", nargs="+",
+                         help="scan to segment (.nii, .nii.gz, .hdr/.img, .mgz, .nrrd/.nhdr), or several, "
+                              "folders or glob patterns (a cohort)")
+    segment.add_argument("-o", "--output", required=True, metavar="OUT",
+                         help="label file to write (.nii.gz), or the output folder of a cohort")
+    segment.add_argument("--dask", metavar="local|ADDRESS",
+                         help="run a cohort's scans on Dask: local (a LocalCluster on this machine) or a scheduler "
+                              "address such as tcp://HOST:8786 (needs pip install 'napari-aunet[dask]')")
+    segment.add_argument("--workers", type=int, metavar="N",
+                         help="worker processes of --dask local (default: one per CPU core; torch threads are "
+                              "shared out among them)")
     segment.add_argument("--model", default="default", help="bundled model name (default = brain, brain, phantom) or checkpoint path")
     segment.add_argument("--volumes", metavar="CSV", help="also write each class's voxel count and volume in mL")
     segment.add_argument("--brain-mask", metavar="MASK", help="also write a brain mask (1 = brain) here: every "
@@ -474,8 +622,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train on slices that hold labels (a slice with any non-zero label counts as annotated; "
         "unlabelled slices are ignored, never taught as background). Part of the annotated slices is held out "
         "and Dice/IoU on it is printed before and after, as JSON.")
-    train.add_argument("--image", action="append", required=True, help="a scan (repeat with --labels)")
-    train.add_argument("--labels", action="append", required=True, help="its label file, same grid")
+    train.add_argument("--image", action="append", default=[],
+                       help="a scan, or a folder of scans (repeat with --labels)")
+    train.add_argument("--labels", action="append", default=[],
+                       help="its label file, same grid; or a folder of label files with the scans' names")
+    train.add_argument("--manifest", metavar="CSV",
+                       help="many pairs: a CSV with image and labels columns (paths relative to the CSV)")
+    train.add_argument("--distributed", action="store_true",
+                       help="train as one rank of torchrun (DistributedDataParallel; Gloo on CPUs, NCCL on GPUs): "
+                            "each rank draws from its share of the slices, rank 0 writes the checkpoint")
     train.add_argument("-o", "--output", required=True, help="checkpoint to write (.safetensors)")
     train.add_argument("--init", default="default",
                        help="start from a bundled model or checkpoint, or none; labels with other classes than "

@@ -138,6 +138,7 @@ class FineTuneResult:
     validation: list[tuple[int, float, float]] = field(default_factory=list)  # (step, seconds, held-out Dice)
     best_step: int | None = None  # the step whose weights were kept (best held-out Dice); None: the last
     settings: FineTuneSettings | None = None  # as run, every default resolved
+    ranks: int = 1  # processes that trained together (torchrun, DistributedDataParallel)
 
     def history(self, settings: FineTuneSettings | None = None) -> dict:
         settings = self.settings or settings
@@ -155,6 +156,7 @@ class FineTuneResult:
             "best_step": self.best_step,
             "head": self.head.message() if self.head is not None else None,
             "settings": {k: v for k, v in settings.__dict__.items()},
+            "ranks": self.ranks,
         }
 
 
@@ -404,6 +406,45 @@ class _PatchSampler:
             yield np.stack(images).astype(np.float32), np.stack(targets).astype(np.int64)
 
 
+class _Ranks:
+    """The torch.distributed process group a run trains in (torchrun), and the few values its ranks agree on."""
+
+    def __init__(self) -> None:
+        import torch.distributed as dist
+
+        self.dist, self.rank, self.size = dist, dist.get_rank(), dist.get_world_size()
+
+    def max(self, value: float) -> float:
+        tensor = torch.tensor([float(value)], dtype=torch.float64)
+        self.dist.all_reduce(tensor, op=self.dist.ReduceOp.MAX)
+        return float(tensor)
+
+    def mean(self, value: float) -> float:
+        tensor = torch.tensor([float(value)], dtype=torch.float64)
+        self.dist.all_reduce(tensor)
+        return float(tensor) / self.size
+
+    def sync_buffers(self, model: torch.nn.Module) -> None:
+        """Rank 0's BatchNorm running statistics everywhere: each rank's last forward updated its own (DDP copies
+        rank 0's at the start of every forward, not after it; SyncBatchNorm needs GPUs)."""
+        for buffer in model.buffers():
+            self.dist.broadcast(buffer.data, src=0)
+
+    def share(self, slices: dict[int, list[int]]) -> dict[int, list[int]]:
+        """This rank's share of the training slices (every rank-th one; all of them when too few to share)."""
+        mine = {index: chosen[self.rank :: self.size] for index, chosen in slices.items()}
+        return mine if any(mine.values()) else slices
+
+
+def _ranks() -> _Ranks | None:
+    """The process group when this process trains with others (``torchrun``), else None."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return _Ranks()
+    return None
+
+
 def _running_dice(logits: torch.Tensor, target: torch.Tensor) -> float:
     prediction = logits.argmax(1)
     annotated = target != IGNORE
@@ -486,6 +527,10 @@ def iter_fine_tune(
     train_slices, val_slices = {}, {}
     for index, pair in enumerate(pairs):
         train_slices[index], val_slices[index] = split_slices(pair.annotated_slices(), settings.val_fraction, rng)
+    ranks = _ranks()
+    drawn, sample_rng = train_slices, rng
+    if ranks is not None:  # the same split everywhere, then each rank its own slices and its own draws
+        drawn, sample_rng = ranks.share(train_slices), np.random.default_rng([settings.seed, ranks.rank])
 
     def scores(candidate) -> dict:
         per_pair = [
@@ -503,17 +548,20 @@ def iter_fine_tune(
         validator = _HeldOutSlices(pairs, normalized, val_slices, trained.config, settings.precision)
         validator = validator if validator.planes else None
     if clicks:  # clicks simulated against the model being trained, as when it was built
-        sampler = simulated_click_batches(_ClickObjects(pairs, train_slices, model.config), trained,
-                                          settings.batch_size, settings.seed)
+        sampler = simulated_click_batches(_ClickObjects(pairs, drawn, model.config), trained,
+                                          settings.batch_size, settings.seed + (ranks.rank if ranks else 0))
     else:
-        sampler = iter(_PatchSampler(pairs, normalized, train_slices, trained.config, settings, rng))
+        sampler = iter(_PatchSampler(pairs, normalized, drawn, trained.config, settings, sample_rng))
     # channels-last: 0.88x the time of a bf16 training step on 2 CPU cores (4 x 96 px, brain model widths)
     layout = None if clicks else (torch.channels_last if trained.config.spatial_dims == 2 else torch.channels_last_3d)
     if layout is not None:
         trained = trained.to(memory_format=layout)
+    network = trained  # what the training steps run: the model, or its DistributedDataParallel wrapper
+    if ranks is not None:  # gradients averaged over the ranks; rank 0's weights and buffers to start from
+        network = torch.nn.parallel.DistributedDataParallel(trained)
     optimizer = torch.optim.AdamW(trained.parameters(), lr=settings.learning_rate, weight_decay=1e-4)
     result = FineTuneResult(model=model, cancelled=False, steps=0, seconds=0.0, before=before, head=head,
-                            settings=settings)
+                            settings=settings, ranks=ranks.size if ranks else 1)
     best_score, best_state = -1.0, None
     next_validation = 1
     started = time.perf_counter()
@@ -525,16 +573,25 @@ def iter_fine_tune(
             step / settings.steps if settings.steps else 0.0,
             elapsed / settings.time_budget if settings.time_budget else 0.0,
         )
+        if ranks is not None:  # the slowest rank's clock decides, so every rank stops at the same step
+            fraction = ranks.max(fraction)
         if validator is not None and step and (fraction >= next_validation / settings.validations or fraction >= 1):
             next_validation = int(fraction * settings.validations) + 1
+            if ranks is not None:
+                ranks.sync_buffers(trained)
             score = validator.mean_dice(trained)
+            if ranks is not None:
+                score = ranks.mean(score)  # one score, so every rank keeps the same best weights
             result.validation.append((step, round(elapsed, 2), round(score, 4)))
             if score > best_score:
                 best_score, best_state = score, copy.deepcopy(trained.state_dict())
                 result.best_step = step
         if fraction >= 1.0:
             break
-        if is_cancelled(cancel):
+        cancelled = is_cancelled(cancel)
+        if ranks is not None:  # one rank cancelled: all stop
+            cancelled = ranks.max(cancelled) > 0
+        if cancelled:
             result.cancelled = True
             break
         warmup = min(1.0, (step + 1) / 10)
@@ -546,7 +603,7 @@ def iter_fine_tune(
         if layout is not None:
             images_t = images_t.contiguous(memory_format=layout)
         with _training_autocast(settings.precision, images_t.device):
-            logits = trained(images_t)
+            logits = network(images_t)
         loss = masked_loss(logits.float(), targets_t)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -565,6 +622,8 @@ def iter_fine_tune(
     result.val_slices = {pairs[i].name or str(i): v for i, v in val_slices.items()}
     if result.cancelled:
         return result
+    if ranks is not None:
+        ranks.sync_buffers(trained)
     if best_state is not None:
         trained.load_state_dict(best_state)
     trained = trained.to(memory_format=torch.contiguous_format).eval()

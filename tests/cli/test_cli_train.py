@@ -127,3 +127,47 @@ def test_train_refuses_a_damaged_label_names_file(files, tmp_path, capsys):
     assert main(["train", "--image", str(image), "--labels", str(labels), "-o", str(tmp_path / "m.safetensors"),
                  "--init", "brain", "--label-names", str(junk), "--steps", "1", "-q"]) != 0
     assert "junk.txt" in capsys.readouterr().err and not (tmp_path / "m.safetensors").exists()
+
+
+def test_torchrun_two_gloo_ranks_end_identical_with_one_checkpoint(files, tmp_path):
+    """`aunet train --distributed` under torchrun: DistributedDataParallel on two CPU processes (Gloo), pairs from a
+    CSV manifest; from scratch, so BatchNorm statistics move on every rank: the ranks still end with the same weights
+    and buffers, and rank 0 alone writes the checkpoint and the report."""
+    import subprocess
+    import sys
+
+    folder, image, labels, _ = files
+    manifest = tmp_path / "pairs.csv"
+    manifest.write_text(f"image,labels\n{image},{labels}\n{image},{labels}\n")
+    out = tmp_path / "ranks" / "model.safetensors"
+    out.parent.mkdir()
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "napari_aunet.cli", "train", "--manifest", str(manifest), "-o", str(out), "--init", "none",
+               "--steps", "8", "--distributed", "-q"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)  # one report: rank 0's
+    assert report["ranks"] == 2 and report["weights_identical"] is True and report["steps"] == 8
+    assert [p.name for p in out.parent.iterdir()] == ["model.safetensors"]
+    checkpoint = load_checkpoint(out)
+    assert checkpoint.provenance["ranks"] == 2 and checkpoint.history["ranks"] == 2
+
+
+def test_pairs_from_folders_and_distributed_without_torchrun(files, tmp_path, capsys):
+    folder, image, labels, _ = files
+    images, masks = tmp_path / "images", tmp_path / "labels"
+    images.mkdir(), masks.mkdir()
+    for name in ("a.nii.gz", "b.nii.gz"):
+        (images / name).write_bytes(image.read_bytes())
+        (masks / name).write_bytes(labels.read_bytes())
+    out = tmp_path / "folders.safetensors"
+    assert main(["train", "--image", str(images), "--labels", str(masks), "-o", str(out), "--init", "phantom",
+                 "--steps", "2", "-q"]) == 0
+    assert load_checkpoint(out).provenance["images"] == [str(images / "a.nii.gz"), str(images / "b.nii.gz")]
+    capsys.readouterr()
+    (masks / "b.nii.gz").unlink()
+    assert main(["train", "--image", str(images), "--labels", str(masks), "-o", str(out), "--steps", "2"]) == 2
+    assert "no labels for 'b.nii.gz'" in capsys.readouterr().err
+    assert main(["train", "--image", str(image), "--labels", str(labels), "-o", str(out), "--steps", "2",
+                 "--distributed"]) == 2
+    assert "--distributed runs under torchrun" in capsys.readouterr().err
