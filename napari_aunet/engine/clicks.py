@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .clickmodel import CLICK_SIGMA, deepest_point, is_click_model, predict_object
+from .clickmodel import CLICK_SIGMA, box_map, deepest_point, is_click_model, predict_object, takes_boxes
 from .geometry import GridGeometry
 from .inference import AttentionMap, Segmenter
 from .intensity import check_volume, fill_non_finite, normalize
@@ -24,6 +24,25 @@ from .intensity import check_volume, fill_non_finite, normalize
 class Click:
     point: tuple[int, ...]  # voxel index, file order
     positive: bool = True
+
+
+#: times a window is doubled (and re-centred on the object) when the object reaches one of its inner edges
+GROWTH_STEPS = 3
+
+
+def cut_by_window(mask: np.ndarray, window: tuple[slice, slice], plane_shape: tuple[int, int]) -> bool:
+    """Whether ``mask`` (in ``window``) reaches an edge of the window that is not an edge of the plane: the object
+    goes on outside the window and a mask returned as it is would be cut straight there."""
+    return bool((window[0].start > 0 and mask[0].any()) or (window[0].stop < plane_shape[0] and mask[-1].any())
+                or (window[1].start > 0 and mask[:, 0].any()) or (window[1].stop < plane_shape[1] and mask[:, -1].any()))
+
+
+def _grown(mask: np.ndarray, window: tuple[slice, slice], size: int) -> tuple[tuple[int, int], int]:
+    """The centre (plane coordinates) of the object's bounding box and the next window size."""
+    rows, cols = np.nonzero(mask)
+    centre = ((int(rows.min()) + int(rows.max())) // 2 + window[0].start,
+              (int(cols.min()) + int(cols.max())) // 2 + window[1].start)
+    return centre, 2 * size
 
 
 @dataclass
@@ -82,6 +101,7 @@ class ClickSegmenter:
         if not self.guided and segmenter.config.in_channels != 1:
             raise ValueError(f"a model with {segmenter.config.in_channels} input channels is not a click model")
         self.object_clicks: list[Click] = []  # clicks on the current object (click-guided models)
+        self.object_box: tuple[int, int, tuple[int, int, int, int]] | None = None  # (axis, slice, in-plane box)
         self.segmenter = segmenter
         self.volume = normalize(volume, segmenter.config.normalization)
         self.window = int(window)
@@ -94,16 +114,18 @@ class ClickSegmenter:
         self.last_attention: dict[int, AttentionMap] = {}
 
     # ----- model outputs ------------------------------------------------------------------------
-    def _window(self, plane_shape: tuple[int, int], centre: tuple[int, int]) -> tuple[slice, slice]:
-        """A window of at most ``window`` pixels a side around ``centre``, on a fixed grid so it can be reused."""
+    def _window(self, plane_shape: tuple[int, int], centre: tuple[int, int], size: int | None = None
+                ) -> tuple[slice, slice]:
+        """A window of at most ``size`` (default ``window``) pixels a side around ``centre``, on a fixed grid so it
+        can be reused."""
         spans = []
         for length, c in zip(plane_shape, centre, strict=True):
-            size = min(self.window, length)
-            step = max(size // 2, 1)
-            start = int(np.clip((c - size // 2 + step // 2) // step * step, 0, length - size))
-            if not start <= c < start + size:
-                start = int(np.clip(c - size // 2, 0, length - size))
-            spans.append(slice(start, start + size))
+            side = min(size or self.window, length)
+            step = max(side // 2, 1)
+            start = int(np.clip((c - side // 2 + step // 2) // step * step, 0, length - side))
+            if not start <= c < start + side:
+                start = int(np.clip(c - side // 2, 0, length - side))
+            spans.append(slice(start, start + side))
         return spans[0], spans[1]
 
     def foreground(self, axis: int, index: int, window: tuple[slice, slice]) -> np.ndarray:
@@ -142,16 +164,24 @@ class ClickSegmenter:
         in_plane = tuple(p for a, p in enumerate(point) if a != axis)
         return point[axis], (in_plane[0], in_plane[1])
 
+    def _plane_shape(self, axis: int) -> tuple[int, int]:
+        shape = self.volume.shape if self.volume.ndim == 2 else tuple(n for a, n in enumerate(self.volume.shape) if a != axis)
+        return shape[0], shape[1]
+
     def _component_on_plane(self, point: tuple[int, ...], axis: int) -> tuple[int, tuple[slice, slice], np.ndarray]:
-        """(slice index, in-plane window, 2D bool mask in the window) of the predicted object under ``point``."""
-        index, centre = self._plane(point, axis)
-        plane_shape = self.volume.shape if self.volume.ndim == 2 else tuple(
-            n for a, n in enumerate(self.volume.shape) if a != axis
-        )
-        window = self._window(plane_shape, centre)
-        local = (centre[0] - window[0].start, centre[1] - window[1].start)
-        probability = self.foreground(axis, index, window)
-        mask = flood_fill(probability > 0.5, local)
+        """(slice index, in-plane window, 2D bool mask in the window) of the predicted object under ``point``; the
+        window grows (re-centred on the object) while the object reaches one of its inner edges."""
+        index, clicked = self._plane(point, axis)
+        plane_shape = self._plane_shape(axis)
+        centre, size = clicked, self.window
+        for attempt in range(GROWTH_STEPS + 1):
+            window = self._window(plane_shape, centre, size)
+            local = (clicked[0] - window[0].start, clicked[1] - window[1].start)
+            probability = self.foreground(axis, index, window)
+            mask = flood_fill(probability > 0.5, local)
+            if attempt == GROWTH_STEPS or not cut_by_window(mask, window, plane_shape):
+                break
+            centre, size = _grown(mask, window, size)
         if not mask.any():  # the model sees background here: a small disk so the click is never lost
             rows, cols = np.ogrid[: probability.shape[0], : probability.shape[1]]
             mask = (rows - local[0]) ** 2 + (cols - local[1]) ** 2 <= 4
@@ -175,13 +205,10 @@ class ClickSegmenter:
         """The object under ``point`` propagated through neighbouring slices (up to ``depth`` each way)."""
         if self.volume.ndim == 2:
             return self.component_2d(point, axis)
-        index, centre = self._plane(point, axis)
-        plane_shape = tuple(n for a, n in enumerate(self.volume.shape) if a != axis)
-        window = self._window(plane_shape, centre)
+        index, window, seed_mask = self._component_on_plane(point, axis)  # the other slices use its window
         first = max(0, index - self.depth)
         last = min(self.volume.shape[axis] - 1, index + self.depth)
         stack = np.zeros((last - first + 1, window[0].stop - window[0].start, window[1].stop - window[1].start), bool)
-        _, _, seed_mask = self._component_on_plane(point, axis)
         stack[index - first] = seed_mask
         for direction in (1, -1):
             previous = seed_mask
@@ -202,42 +229,77 @@ class ClickSegmenter:
         return tuple(region), np.moveaxis(stack, 0, axis)
 
     def new_object(self) -> None:
-        """Forget the clicks of the current object (the next click starts a new one)."""
+        """Forget the clicks and the box of the current object (the next prompt starts a new one)."""
         self.object_clicks = []
+        self.object_box = None
 
-    def _guided_on_plane(self, axis: int, index: int, positives: list, negatives: list):
-        """Click-guided prediction on one slice: (window, bool mask in the window) from file-order clicks."""
-        plane_shape = self.volume.shape if self.volume.ndim == 2 else tuple(
-            n for a, n in enumerate(self.volume.shape) if a != axis
-        )
-        anchor = positives[0]
-        window = self._window(plane_shape, anchor)
-        local = [[(r - window[0].start, c - window[1].start) for r, c in points] for points in (positives, negatives)]
-        pixels = self._window_of(axis, index, window)
-        if self.keep_attention:
-            probability, maps = predict_object(self.segmenter.model, pixels, *local, return_attention=True)
-            self.last_attention = _window_attention(maps, axis if self.volume.ndim == 3 else None, index, window)
-        else:
-            probability = predict_object(self.segmenter.model, pixels, *local)
-        inside = probability > 0.5
-        seeds = np.zeros(probability.shape, bool)
+    def _guided_on_plane(self, axis: int, index: int, positives: list, negatives: list, box=None,
+                         window: tuple[slice, slice] | None = None):
+        """Click-guided prediction on one slice: (window, bool mask in the window) from in-plane clicks and an
+        optional box ``(row0, col0, row1, col1)``. The window starts at ``window`` pixels a side (at least 1.5x the
+        box) around the first click or the box, and grows, re-centred on the object, while the object reaches one
+        of its inner edges — so no returned mask is cut straight by the window."""
+        plane_shape = self._plane_shape(axis)
+        if window is None:
+            size = self.window
+            if box is not None:
+                extent = max(abs(box[2] - box[0]), abs(box[3] - box[1])) + 1
+                size = max(size, -(-int(1.5 * extent) // 16) * 16)
+            anchor = positives[0] if positives else ((box[0] + box[2]) // 2, (box[1] + box[3]) // 2)
+            window = self._window(plane_shape, anchor, size)
+        size = max(window[0].stop - window[0].start, window[1].stop - window[1].start)
+        for attempt in range(GROWTH_STEPS + 1):
+            offset = (window[0].start, window[1].start)
+            local = [[(r - offset[0], c - offset[1]) for r, c in points] for points in (positives, negatives)]
+            local_box = None if box is None else (box[0] - offset[0], box[1] - offset[1], box[2] - offset[0],
+                                                  box[3] - offset[1])
+            pixels = self._window_of(axis, index, window)
+            if self.keep_attention:
+                probability, maps = predict_object(self.segmenter.model, pixels, *local, return_attention=True,
+                                                   box=local_box)
+                self.last_attention = _window_attention(maps, axis if self.volume.ndim == 3 else None, index, window)
+            else:
+                probability = predict_object(self.segmenter.model, pixels, *local, box=local_box)
+            mask = self._object_from(probability > 0.5, local[0], local_box)
+            if attempt == GROWTH_STEPS or not mask.any() or not cut_by_window(mask, window, plane_shape):
+                break
+            centre, size = _grown(mask, window, size)
+            window = self._window(plane_shape, centre, size)
+        return window, mask
+
+    @staticmethod
+    def _object_from(inside: np.ndarray, positives: list, box) -> np.ndarray:
+        """The predicted region connected to the positive clicks, or for a box alone its largest part in the box."""
+        seeds = np.zeros(inside.shape, bool)
         rows, cols = np.ogrid[: seeds.shape[0], : seeds.shape[1]]
-        for r, c in local[0]:
+        for r, c in positives:
             if 0 <= r < seeds.shape[0] and 0 <= c < seeds.shape[1]:
                 if inside[r, c]:
                     seeds[r, c] = True
                 else:  # the model places a small object a pixel or two off the click: take it within the blob
                     seeds |= inside & ((rows - r) ** 2 + (cols - c) ** 2 <= CLICK_SIGMA**2)
-        return window, flood_fill(inside, seeds)
+        if not positives and box is not None:
+            from scipy import ndimage
 
-    def _guided_click(self, point: tuple[int, ...], axis: int, three_d: bool):
-        index, _ = self._plane(point, axis)
+            parts, count = ndimage.label(inside & (box_map(inside.shape, box) > 0), np.ones((3, 3)))
+            if count:
+                seeds = parts == 1 + int(np.argmax(ndimage.sum_labels(np.ones_like(parts), parts, range(1, count + 1))))
+        return flood_fill(inside, seeds)
+
+    def _guided_click(self, point: tuple[int, ...] | None, axis: int, three_d: bool, index: int | None = None):
+        """The object from this object's prompts on the slice of ``point`` (or slice ``index``), propagated to the
+        neighbouring slices in 3D; None when there is nothing positive to start from (v1 then takes over)."""
+        if index is None:
+            index, _ = self._plane(point, axis)
         on_slice = [c for c in self.object_clicks if self._plane(c.point, axis)[0] == index]
         positives = [self._plane(c.point, axis)[1] for c in on_slice if c.positive]
         negatives = [self._plane(c.point, axis)[1] for c in on_slice if not c.positive]
-        if not positives:
+        box = None
+        if self.object_box is not None and self.object_box[:2] == (axis, index):
+            box = self.object_box[2]
+        if not positives and box is None:
             return None  # a negative click before any positive one on this slice: v1 behaviour
-        window, mask = self._guided_on_plane(axis, index, positives, negatives)
+        window, mask = self._guided_on_plane(axis, index, positives, negatives, box)
         if not three_d or self.volume.ndim == 2:
             if self.volume.ndim == 3:
                 mask = np.expand_dims(mask, axis)
@@ -251,7 +313,9 @@ class ClickSegmenter:
             while first <= current <= last and previous.sum() >= 5:
                 inner = deepest_point(previous)
                 anchor = (inner[0] + window[0].start, inner[1] + window[1].start)
-                _, grown = self._guided_on_plane(axis, current, [anchor], [])
+                _, grown = self._guided_on_plane(axis, current, [anchor], [], window=window)
+                if grown.shape != previous.shape:
+                    break
                 if grown.sum() < 5 or not (grown & _dilate(previous)).any():  # a few stray pixels end it too
                     break
                 stack[current - first] = grown
@@ -259,6 +323,45 @@ class ClickSegmenter:
         region = list(window)
         region.insert(axis, slice(first, last + 1))
         return tuple(region), np.moveaxis(stack, 0, axis)
+
+    def box(self, current: np.ndarray, axis: int, index: int, box: tuple[int, int, int, int],
+            three_d: bool = False) -> ClickUpdate:
+        """Segment the object inside ``box`` = (row0, col0, row1, col1), in-plane pixels of slice ``index`` along
+        ``axis`` (2D image: axis and index 0). The box starts a new object; later clicks on that slice refine it.
+
+        A click model that takes boxes predicts from the box; other models (v1, older click models) keep the
+        largest predicted region inside the box."""
+        started = time.perf_counter()
+        self.last_attention = {}
+        plane_shape = self._plane_shape(axis)
+        r0, c0, r1, c1 = (int(v) for v in box)
+        r0, r1, c0, c1 = min(r0, r1), max(r0, r1), min(c0, c1), max(c0, c1)
+        if self.volume.ndim == 3 and not 0 <= index < self.volume.shape[axis]:
+            raise ValueError(f"slice {index} is outside the volume of shape {self.volume.shape}")
+        if r1 < 0 or c1 < 0 or r0 >= plane_shape[0] or c0 >= plane_shape[1] or r0 == r1 or c0 == c1:
+            raise ValueError(f"the box {box} does not cover pixels of the {plane_shape[0]}x{plane_shape[1]} slice")
+        box = (max(r0, 0), max(c0, 0), min(r1, plane_shape[0] - 1), min(c1, plane_shape[1] - 1))
+        self.object_clicks = []
+        self.object_box = (axis, index if self.volume.ndim == 3 else 0, box)
+        if self.guided and takes_boxes(self.segmenter.config):
+            region, mask = self._guided_click(None, axis, three_d, index=self.object_box[1])
+            return ClickUpdate(region=region, mask=mask, seconds=time.perf_counter() - started)
+        centre = ((box[0] + box[2]) // 2, (box[1] + box[3]) // 2)
+        extent = max(box[2] - box[0], box[3] - box[1]) + 1
+        window = self._window(plane_shape, centre, max(self.window, -(-int(1.5 * extent) // 16) * 16))
+        local_box = (box[0] - window[0].start, box[1] - window[1].start, box[2] - window[0].start,
+                     box[3] - window[1].start)
+        if self.guided:  # a click model without a box input: a click at the box's centre
+            pixels = self._window_of(axis, self.object_box[1], window)
+            inside = predict_object(self.segmenter.model, pixels,
+                                    [(centre[0] - window[0].start, centre[1] - window[1].start)], []) > 0.5
+        else:
+            inside = self.foreground(axis, self.object_box[1], window) > 0.5
+        mask = self._object_from(inside & (box_map(inside.shape, local_box) > 0), [], local_box)
+        if self.volume.ndim == 3:
+            mask = np.expand_dims(mask, axis)
+        region = self._volume_region(axis, self.object_box[1], window)  # the box's object replaces the slice's
+        return ClickUpdate(region=region, mask=mask, seconds=time.perf_counter() - started)
 
     def click(self, current: np.ndarray, click: Click, axis: int = 0, three_d: bool = False) -> ClickUpdate:
         """Apply one click to ``current`` (bool object mask, volume shape); returns the changed region.
@@ -296,11 +399,16 @@ class ClickSegmenter:
 
 
 def segment_clicks(
-    segmenter: Segmenter, volume: np.ndarray, clicks: list[Click], axis: int = 0, three_d: bool = False
+    segmenter: Segmenter, volume: np.ndarray, clicks: list[Click], axis: int = 0, three_d: bool = False,
+    box: tuple[int, tuple[int, int, int, int]] | None = None,
 ) -> np.ndarray:
-    """Apply ``clicks`` in order to an empty object; returns the object's bool mask (volume shape)."""
+    """Apply ``box`` = (slice index, (row0, col0, row1, col1)) if given, then ``clicks`` in order, to an empty
+    object; returns the object's bool mask (volume shape)."""
     session = ClickSegmenter(segmenter, volume)
     current = np.zeros(np.asarray(volume).shape, bool)
+    if box is not None:
+        update = session.box(current, axis, box[0], box[1], three_d=three_d)
+        current[update.region] = update.mask
     for click in clicks:
         update = session.click(current, click, axis=axis, three_d=three_d)
         current[update.region] = update.mask

@@ -226,6 +226,33 @@ def test_click_writes_the_object_under_the_clicks(tmp_path, capsys):
     assert "outside the volume" in capsys.readouterr().err
 
 
+
+def test_click_box_segments_the_object_inside_it_and_bad_boxes_are_one_line(tmp_path, capsys):
+    from scipy import ndimage
+
+    from napari_aunet.engine.phantoms import generate_phantom
+
+    phantom = generate_phantom((80, 96, 12), seed=3, lesions=(2, 3))
+    path = tmp_path / "p.nii.gz"
+    nib.save(nib.Nifti1Image(phantom.image, np.diag([1.0, 1.0, 2.5, 1.0])), path)
+    parts, count = ndimage.label(phantom.labels[..., 6] == 2)
+    lesion = parts == 1 + int(np.argmax(ndimage.sum_labels(np.ones_like(parts), parts, range(1, count + 1))))
+    rows, cols = np.nonzero(lesion)
+    out = tmp_path / "boxed.nii.gz"
+    box = f"6:{rows.min() - 2},{cols.min() - 2},{rows.max() + 2},{cols.max() + 2}"
+    assert main(["click", str(path), "--box", box, "-o", str(out), "-q"]) == 0  # the click model
+    mask = np.asarray(nib.load(out).dataobj) > 0
+    assert mask[..., 6].any() and not mask[..., 5].any()
+    assert 2 * (mask[..., 6] & lesion).sum() / (mask[..., 6].sum() + lesion.sum()) > 0.5
+    capsys.readouterr()
+    for bad, message in (("1,2,3,4", "Z:R0,C0,R1,C1"), ("6:a,b,c,d", "whole numbers"),
+                         ("6:300,300,310,310", "does not cover")):
+        assert main(["click", str(path), "--box", bad, "-o", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err, err
+    assert main(["click", str(path), "-o", str(out)]) == 2
+    assert "give a box (--box) or at least one click" in capsys.readouterr().err
+
 def test_demo_without_a_qt_binding_is_one_line(monkeypatch, capsys):
     import sys
 

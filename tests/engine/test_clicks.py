@@ -92,3 +92,46 @@ def test_nan_voxels_are_clicked_on_as_background(phantom, segmenter):
     assert session.non_finite == 16 * holed.shape[0]
     update = session.click(np.zeros(holed.shape, bool), Click((6, *centre)), axis=0)
     assert update.mask.any()
+
+
+@pytest.mark.parametrize("model", ["phantom", "click"])
+def test_no_mask_is_cut_by_the_window_the_window_grows_to_the_object(model):
+    """An organ 200 px across on a 300 x 300 image: the first 128-px window cannot hold it; the window grows
+    (re-centred on the object) until the mask no longer reaches one of its inner edges."""
+    from napari_aunet.engine.clicks import cut_by_window
+
+    phantom = generate_phantom((300, 300), seed=4, lesions=(1, 1))
+    organ = phantom.labels > 0
+    rows, cols = np.nonzero(organ)
+    assert max(np.ptp(rows), np.ptp(cols)) > 150
+    session = ClickSegmenter(Segmenter(load_model(model), device="cpu"), phantom.image)
+    current = np.zeros(organ.shape, bool)
+    update = session.click(current, Click(tuple(int(v) for v in np.argwhere(organ).mean(axis=0))), axis=0)
+    assert not cut_by_window(update.mask, update.region, organ.shape)
+    if model == "phantom":  # the segmentation model sees the whole organ: it is found whole, beyond 128 px
+        found_rows, found_cols = np.nonzero(update.mask)
+        assert max(np.ptp(found_rows), np.ptp(found_cols)) > 128
+        current[update.region] = update.mask
+        assert _dice(current, organ) > 0.8
+
+
+@pytest.mark.parametrize("model", ["phantom", "click"])
+def test_a_box_segments_the_object_inside_it(phantom, model):
+    """A box around one lesion gives what lies inside it; a box outside the slice is one plain error."""
+    from scipy import ndimage
+
+    parts, count = ndimage.label(phantom.labels[6] == 2)
+    sizes = ndimage.sum_labels(np.ones_like(parts), parts, range(1, count + 1))
+    lesion = parts == 1 + int(np.argmax(sizes))
+    rows, cols = np.nonzero(lesion)
+    box = (6, (rows.min() - 2, cols.min() - 2, rows.max() + 2, cols.max() + 2))
+    mask = segment_clicks(Segmenter(load_model(model), device="cpu"), phantom.image, [], axis=0, box=box)
+    assert mask[6].any() and not mask[5].any()
+    inside = np.zeros(lesion.shape, bool)
+    inside[box[1][0] : box[1][2] + 1, box[1][1] : box[1][3] + 1] = True
+    assert not (mask[6] & ~inside).any()  # nothing outside the box
+    # the segmentation model (v1) cannot tell a lesion from the organ around it; the click model can
+    assert _dice(mask[6], lesion) > (0.5 if model == "click" else 0.3)
+    with pytest.raises(ValueError, match="does not cover"):
+        ClickSegmenter(Segmenter(load_model(model), device="cpu"), phantom.image).box(
+            np.zeros(phantom.image.shape, bool), 0, 6, (200, 200, 210, 210))

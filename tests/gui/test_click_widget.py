@@ -158,3 +158,32 @@ def test_correct_clicked_objects_then_fine_tune_the_click_model(make_napari_view
     tuned = click_dice(13)
     print(f"one click on slice 13: Dice {missed:.3f} before, {tuned:.3f} after fine-tuning")
     assert tuned > missed + 0.3
+
+
+def test_a_box_drawn_on_the_slice_segments_the_object_inside_it(scene):
+    """The Shapes layer of *Draw a box*: a rectangle around one lesion on the current axial slice becomes a new
+    object holding what lies inside it (the click model: the lesion), one undoable edit."""
+    from scipy import ndimage
+
+    viewer, widget, phantom, image = scene
+    widget._model.value = "click"
+    boxes = widget.draw_box()
+    assert boxes.name == "phantom box" and boxes.mode == "add_rectangle"
+    viewer.dims.set_point(2, float(_world_of_file_voxel((6, 0, 0))[2]))  # the axial slice of file index 6
+    parts, count = ndimage.label(phantom.labels[6] == 2)
+    lesion = parts == 1 + int(np.argmax(ndimage.sum_labels(np.ones_like(parts), parts, range(1, count + 1))))
+    rows, cols = np.nonzero(lesion)
+    corners = [_world_of_file_voxel((6, r, c)) for r, c in ((rows.min() - 2, cols.min() - 2),
+                                                               (rows.max() + 2, cols.max() + 2))]
+    first, last = (np.asarray(boxes.world_to_data(corner)) for corner in corners)
+    across = first.copy(), last.copy()
+    across[0][1], across[1][1] = last[1], first[1]  # display axes 0, 1 on screen; axis 2 is the slice
+    boxes.add_rectangles(np.array([first, across[0], last, across[1]]))
+    objects = widget._target.value
+    in_file = file_order(objects.data, objects.metadata)
+    found = in_file == widget.object_id
+    assert found[6].any() and not found[5].any() and not found[7].any()
+    assert 2 * (found[6] & lesion).sum() / (found[6].sum() + lesion.sum()) > 0.5
+    assert "box: object" in widget._status.value
+    objects.undo()
+    assert not objects.data.any()
