@@ -44,12 +44,13 @@ demo: install
 lint: install
 	$(BIN)/ruff check napari_aunet tests benchmarks
 
-# The brain recipe reads two heads from package files fetched once (never installed, never read at run time).
+# The brain and click recipes read heads and atlases from package files fetched once (never installed, never read
+# at run time).
 models: install
-	$(BIN)/python -m pip download --quiet --no-deps nimare==0.22.1 -d build/wheels
+	$(BIN)/python -m pip download --quiet --no-deps nimare==0.22.1 deepmriprep==0.3.0 -d build/wheels
 	$(BIN)/aunet build-model phantom
 	$(BIN)/aunet build-model brain --data build/wheels
-	$(BIN)/aunet build-model click
+	$(BIN)/aunet build-model click --data build/wheels
 
 study: install
 	$(BIN)/python -m pip install --quiet -e ".[bench]"

@@ -10,6 +10,8 @@ Simulated user (DeepEdit/RITM protocol): the first click at the deepest point of
 deepest point of the largest error region, positive where the object was missed, negative where it overflowed.
 Every model runs through the ClickSegmenter the GUI and `aunet click` use, on the whole 3D volume (normalised as in
 the GUI). "cut" is the share of objects whose mask after the first click reaches an inner edge of the model's window.
+"3D": Dice of the first click propagated through up to 24 slices each way against the structure's 3D connected
+region within those slices; "(2D)" the clicked slice alone against the same reference.
 Baselines fed the same clicks: a flood fill of each positive click's intensity range (mean +- 1.5 sd of its 5x5
 neighbourhood), minus that of each negative click; `skimage.segmentation.random_walker` on the slice with the
 positive clicks as object seeds and the negative clicks and the slice's border as background seeds.
@@ -81,6 +83,26 @@ def run_model(session: ClickSegmenter, index: int, target: np.ndarray) -> tuple[
     return scores, cut, seconds
 
 
+def run_3d(session: ClickSegmenter, labels: np.ndarray, index: int, target: np.ndarray) -> tuple[float, float]:
+    """3D Dice of one first click propagated through the neighbouring slices (up to the session's depth each way),
+    and of the clicked slice alone, against the structure's 3D connected region within that depth."""
+    from scipy import ndimage
+
+    point = (*deepest_point(target), index)
+    value = labels[point]
+    parts, _ = ndimage.label(labels == value)
+    reference = parts == parts[point]
+    reference[:, :, : max(0, index - session.depth)] = False
+    reference[:, :, index + session.depth + 1 :] = False
+    session.new_object()
+    current = np.zeros(session.volume.shape, bool)
+    update = session.click(current, Click(point, True), axis=AXIS, three_d=True)
+    current[update.region] = update.mask
+    flat = np.zeros_like(current)
+    flat[:, :, index] = current[:, :, index]
+    return dice(current, reference), dice(flat, reference)
+
+
 def run_box(session: ClickSegmenter, index: int, target: np.ndarray, rng: np.random.Generator) -> float:
     session.new_object()
     current = np.zeros(session.volume.shape, bool)
@@ -128,6 +150,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="benchmarks/.cache")
     parser.add_argument("--objects", type=int, default=60)
+    parser.add_argument("--objects-3d", type=int, default=20, help="objects also propagated in 3D")
     parser.add_argument("--model", action="append", help="click model names or checkpoint files (default: click)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -143,7 +166,8 @@ def main() -> None:
         sizes = np.array([int(t.sum()) for _, t in objects])
         print(f"\n{image_name}: {len(objects)} held-out {HELD_OUT} objects on axial slices % 5 == 0, "
               f"{sizes.min()}-{sizes.max()} px (median {int(np.median(sizes))})")
-        print(f"{'method':40} {'1 click':>8} {'3 clicks':>8} {'5 clicks':>8} {'box':>6} {'cut':>5} {'p95 ms':>7}")
+        print(f"{'method':40} {'1 click':>8} {'3 clicks':>8} {'5 clicks':>8} {'box':>6} {'cut':>5} {'p95 ms':>7} "
+              f"{'3D':>6} {'(2D)':>6}")
         for name in models:
             session = ClickSegmenter(Segmenter(load_model(name), device="cpu"), volume)
             rows, cuts, boxes, latency = [], 0, [], []
@@ -155,12 +179,15 @@ def main() -> None:
                 latency.append(seconds[0])
                 boxes.append(run_box(session, index, target, rng))
             means = {c: float(np.mean([r[c] for r in rows])) for c in COUNTS}
+            volumes = [run_3d(session, labels, index, target) for index, target in objects[: args.objects_3d]]
             row = {"image": image_name, "method": Path(name).stem, **{f"dice_{c}": round(means[c], 3) for c in COUNTS},
                    "box": round(float(np.mean(boxes)), 3), "cut": round(cuts / len(objects), 3),
-                   "p95_ms": round(1000 * float(np.percentile(latency, 95)), 1)}
+                   "p95_ms": round(1000 * float(np.percentile(latency, 95)), 1),
+                   "dice_3d": round(float(np.mean([v[0] for v in volumes])), 3),
+                   "dice_3d_one_slice": round(float(np.mean([v[1] for v in volumes])), 3)}
             results.append(row)
             print(f"{row['method']:40} {means[1]:8.3f} {means[3]:8.3f} {means[5]:8.3f} {row['box']:6.3f} "
-                  f"{row['cut']:5.2f} {row['p95_ms']:7.1f}")
+                  f"{row['cut']:5.2f} {row['p95_ms']:7.1f} {row['dice_3d']:6.3f} {row['dice_3d_one_slice']:6.3f}")
         for label, method in (("flood fill of the click's range", flood_baseline),
                               ("random walker (skimage)", walker_baseline)):
             started = time.perf_counter()

@@ -19,6 +19,7 @@ from ._state import SegmentationRun, state_for
 from .engine.attention_stats import LevelStatistics, attention_statistics
 
 TABLE_COLUMNS = ("level", "grid", "mass in %", "mean in", "mean out", "entropy")
+IMPORTANCE_COLUMNS = ("level", "Dice", "closed", "open", "ψ in", "ψ out")
 
 
 class AttentionWidget(ScrollingContainer):
@@ -36,6 +37,16 @@ class AttentionWidget(ScrollingContainer):
         self._table = Table(value=_table_value([]))
         self._verdict = Label(label="focus")
         self._folder = FileEdit(label="export to", mode="d", value=Path.home())
+        self._importance = PushButton(
+            text="Which gate does the work?",
+            tooltip="Dice with each gate forced closed (psi = 0) and open (psi = 1), against your painted slices of the "
+                    "segmentation (or the model's own output); the gate whose closing costs most does the work",
+        )
+        self._importance_table = Table(value=_table_value([], IMPORTANCE_COLUMNS))
+        self._importance_table.native.setMinimumHeight(110)
+        self._importance_verdict = Label(label="work")
+        self._importance_verdict.native.setWordWrap(True)
+        self.importance_report: dict | None = None
         self._export_png = PushButton(text="Export PNG montage (current slice)")
         self._export_nifti = PushButton(text="Export maps as NIfTI")
         self._table.native.setMinimumHeight(140)
@@ -46,8 +57,10 @@ class AttentionWidget(ScrollingContainer):
         self._verdict.native.setWordWrap(True)
         self.extend([
             self._image, self._levels, self._side_by_side, self._overlay, self._refresh, self._table,
-            self._verdict, self._folder, self._export_png, self._export_nifti, note,
+            self._verdict, self._importance, self._importance_table, self._importance_verdict, self._folder,
+            self._export_png, self._export_nifti, note,
         ])
+        self._importance.clicked.connect(self.measure_importance)
         self._image.changed.connect(self._on_image_changed)
         self._side_by_side.clicked.connect(self.show_side_by_side)
         self._overlay.clicked.connect(self.show_overlay)
@@ -181,6 +194,75 @@ class AttentionWidget(ScrollingContainer):
                 f"attention lies there (mean {best.mean_inside:.2f} inside vs {best.mean_outside:.2f} outside)"
             )
 
+    def measure_importance(self) -> None:
+        """Run the level-importance report (engine.importance) for the chosen image in a thread; fills the table."""
+        from napari.qt.threading import thread_worker
+
+        from ._segment_widget import image_source
+        from .engine.importance import level_importance
+        from .engine.inference import Segmenter
+
+        run = self._run()
+        if run is None:
+            return
+        if run.image_layer not in self._viewer.layers:
+            show_warning(f"'{run.image_layer}' was removed; segment an image first.")
+            return
+        try:
+            source = image_source(self._viewer.layers[run.image_layer], self._viewer)
+            segmenter = Segmenter(self._state.checkpoint(run.model_name), device="auto")
+        except (ValueError, OSError) as error:
+            show_error(f"Cannot measure the gates: {error}")
+            return
+        axis = run.result.axis if run.result.axis is not None else 0
+        labels, slices = self._painted_reference(run, source, axis)
+
+        @thread_worker(ignore_errors=True)
+        def work():
+            return level_importance(segmenter, source.volume, axis=axis, labels=labels, slices=slices,
+                                    spacing=source.spacing)
+            yield  # a generator, so it can be stopped with the widget
+
+        worker = work()
+        worker.returned.connect(self._show_importance)
+        worker.errored.connect(lambda error: show_error(f"Cannot measure the gates: {error}"))
+        self._importance.enabled = False
+        worker.finished.connect(lambda: setattr(self._importance, "enabled", True))
+        self._importance_verdict.value = "measuring: each gate closed, then open…"
+        self.start_worker(worker)
+
+    def _painted_reference(self, run: SegmentationRun, source, axis: int):
+        """The segmentation layer's painted slices (file order) as the reference, when the user corrected some."""
+        from ._orientation import file_order
+
+        name = run.labels_layer
+        layer = self._viewer.layers[name] if name and name in self._viewer.layers else None
+        if layer is None or source.volume.ndim != 3 or source.transform is None:
+            return None, None
+        display_axis = source.transform.axes.index(axis)
+        painted = self._state.annotated_slices(layer, display_axis)
+        if not painted:
+            return None, None
+        labels = file_order(np.asarray(layer.data), layer.metadata)
+        slices = sorted({source.file_index(display_axis, i) for i in painted})
+        return labels, slices
+
+    def _show_importance(self, report: dict) -> None:
+        self.importance_report = report
+        rows = report["levels"]
+        self._importance_table.value = _table_value([
+            [f"L{r['level']}", f"{r['dice']:.2f}", f"{r['change_closed']:+.2f}", f"{r['change_open']:+.2f}",
+             f"{np.mean([v for k, v in r['mean_psi'].items() if k != 'outside'] or [float('nan')]):.2f}",
+             f"{r['mean_psi'].get('outside', float('nan')):.2f}"]
+            for r in rows
+        ], IMPORTANCE_COLUMNS)
+        self.fit_screen()
+        against = "your painted slices" if report["reference"] == "labels" else "the model's own output"
+        top = rows[0]
+        self._importance_verdict.value = (
+            f"L{top['level']} does the most work: closing it changes Dice by {top['change_closed']:+.2f} against "
+            f"{against} ({len(report['slices'])} slices); sorted by that change")
+
     # ----- export -------------------------------------------------------------------------------
     def _export_folder(self, folder) -> Path | None:
         folder = Path(folder if folder is not None else self._folder.value)
@@ -233,9 +315,9 @@ class AttentionWidget(ScrollingContainer):
         return Path(path)
 
 
-def _table_value(rows: list[list]) -> dict:
+def _table_value(rows: list[list], columns=TABLE_COLUMNS) -> dict:
     """magicgui's "split" table format (data, index and columns all given, or it reads columns)."""
-    return {"data": rows, "index": [str(i + 1) for i in range(len(rows))], "columns": list(TABLE_COLUMNS)}
+    return {"data": rows, "index": [str(i + 1) for i in range(len(rows))], "columns": list(columns)}
 
 
 def _slice_grid(viewer, layer) -> tuple[np.ndarray, tuple[int, int]]:

@@ -538,6 +538,38 @@ def cmd_click(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_attention_report(args: argparse.Namespace) -> int:
+    from .engine.bundled import load_model
+    from .engine.importance import level_importance
+    from .engine.inference import Segmenter
+    from .io import load_scan
+
+    scan = load_scan(args.input)
+    volume = _spatial_volume(scan)
+    labels = None
+    if args.labels:
+        label_scan = load_scan(args.labels)
+        labels = np.asarray(_spatial_volume(label_scan))
+        if labels.shape != volume.shape:
+            raise CommandError(f"'{args.labels}' has shape {labels.shape}, but '{args.input}' has {volume.shape}")
+    axis, slices = _parse_slices(args.slices)
+    if axis is None:
+        axis = _slicing_axis(args.axis, scan) if volume.ndim == 3 else 0
+    segmenter = Segmenter(load_model(args.model), device=args.device)
+    report = level_importance(segmenter, volume, axis=axis, labels=labels, slices=slices, spacing=scan.spacing)
+    report = {"input": str(args.input), "model": args.model, "labels": args.labels, **report}
+    text = json.dumps(_json_safe(report), indent=2)
+    if args.output:
+        from ._files import write_atomic
+
+        write_atomic(args.output, (text + "\n").encode("utf-8"))
+        if not args.quiet:
+            print(args.output)
+    else:
+        print(text)
+    return 0
+
+
 def _parse_box(text: str, ndim: int) -> tuple[int, tuple[int, int, int, int]]:
     """``Z:R0,C0,R1,C1`` (3D: slice Z along --axis, then two corners in the slice's two other file axes, in order)
     or ``R0,C0,R1,C1`` (2D) -> (slice, box)."""
@@ -707,6 +739,23 @@ def build_parser() -> argparse.ArgumentParser:
     click.add_argument("-q", "--quiet", action="store_true")
     click.set_defaults(handler=cmd_click)
 
+    report = sub.add_parser(
+        "attention-report", help="which attention gate does the work: Dice with each gate forced open or closed",
+        description="For each gated level: Dice of the model as it is, with that gate forced open (psi = 1) and "
+        "closed (psi = 0), against --labels on their annotated slices (or against the model's own output), and "
+        "the gate's mean coefficient inside each class and outside; sorted by the Dice lost when the gate is "
+        "closed. JSON on stdout or in --output.")
+    report.add_argument("input", metavar="IN")
+    report.add_argument("--model", default="default", help="bundled model name or checkpoint path (a 2D model)")
+    report.add_argument("--labels", help="reference labels on IN's grid: their non-zero slices are scored")
+    report.add_argument("--slices", metavar="AXIS:LIST", help="score these slices (default: the annotated ones, "
+                        "else 16 evenly spaced slices holding the scan)")
+    report.add_argument("--axis", default="auto", help="slicing axis in file order (auto = axial)")
+    report.add_argument("--device", default="auto")
+    report.add_argument("-o", "--output", metavar="JSON", help="write the report here (atomically)")
+    report.add_argument("-q", "--quiet", action="store_true")
+    report.set_defaults(handler=cmd_attention_report)
+
     demo = sub.add_parser("demo", help="open napari with a sample scan, its segmentation and attention layers")
     demo.add_argument("--screenshot", metavar="PNG", help="save a screenshot of the whole window and exit")
     demo.set_defaults(handler=cmd_demo)
@@ -716,8 +765,8 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("-o", "--output", help="checkpoint to write (default: the bundled file)")
     build.add_argument("--steps", type=int, help="training steps (default: the recipe's)")
     build.add_argument("--seed", type=int, default=0)
-    build.add_argument("--data", metavar="DIR", help="folder of the wheels the brain recipe reads (default build/wheels; "
-                       "fill it with: pip download --no-deps nimare==0.22.1 -d DIR)")
+    build.add_argument("--data", metavar="DIR", help="folder of the wheels the brain and click recipes read (default "
+                       "build/wheels; fill it with: pip download --no-deps nimare==0.22.1 deepmriprep==0.3.0 -d DIR)")
     build.add_argument("-q", "--quiet", action="store_true")
     build.set_defaults(handler=cmd_build_model)
     return parser

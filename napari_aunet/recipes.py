@@ -235,7 +235,12 @@ CLICK_BOX_SHARE = 0.3
 CLICK_MIN_OBJECT = 20  # pixels
 
 
-ATLAS_NOTICES = "see docs/models.md"
+ATLAS_NOTICES = (
+    "Schaefer 2018 parcellations (100, 200, 400 parcels, 17 networks): MIT licence, Copyright (c) 2016 Computational "
+    "Brain Imaging Group (Schaefer et al. 2018, Cereb Cortex 28:3095); THOMAS thalamic nuclei v4.3: CC BY 4.0, "
+    "Copyright (c) Manojkumar Saranathan, University of Arizona 2021 (Su et al. 2019, NeuroImage 194:272; "
+    "Saranathan et al. 2021, Sci Data 8:275); both as warped to MNI152NLin2009cAsym by CAT12 and shipped in the "
+    "deepmriprep 0.3.0 wheel (MIT)")
 
 
 def click_card() -> str:

@@ -286,3 +286,20 @@ def test_a_ct_given_to_the_mri_brain_model_gets_one_warning_line_and_is_still_se
     assert out.exists()  # nothing is refused
     assert main(["segment", str(tmp_path / "ct.nii.gz"), "-o", str(out), "--model", "phantom", "-q"]) == 0
     assert "warning" not in capsys.readouterr().err  # the phantom model knows no modality: no warning
+
+
+def test_attention_report_ranks_the_gates(phantom_file, tmp_path, capsys):
+    image, truth = phantom_file
+    assert main(["attention-report", str(image), "--model", "phantom", "--labels", str(truth),
+                 "--slices", "2:4,8,12"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["reference"] == "labels" and report["slices"] == [4, 8, 12] and report["axis"] == 2
+    levels = report["levels"]
+    assert sorted(r["level"] for r in levels) == [1, 2, 3]
+    assert [r["change_closed"] for r in levels] == sorted(r["change_closed"] for r in levels)
+    assert {"organ", "outside"} <= set(levels[0]["mean_psi"])
+    out = tmp_path / "report.json"
+    assert main(["attention-report", str(image), "--model", "phantom", "-o", str(out), "-q"]) == 0
+    assert json.loads(out.read_text())["reference"] == "model"
+    assert main(["attention-report", str(image), "--model", "click"]) == 2
+    assert "click model" in capsys.readouterr().err

@@ -473,3 +473,31 @@ def test_closing_the_viewer_during_a_run_stops_it_quietly(make_napari_viewer, qt
     qtbot.waitUntil(lambda: not worker.is_running, timeout=60_000)
     qtbot.wait(50)  # the worker's last signals reach their (closed) widget
     assert worker.abort_requested
+
+
+def test_compare_says_which_gate_does_the_work(make_napari_viewer, qtbot, phantom_path):
+    """*Which gate does the work?*: each gate forced closed and open on the segmented scan, sorted by the Dice lost;
+    a painted slice of the segmentation becomes the reference."""
+    viewer, image, widget = _segmented(make_napari_viewer, qtbot, phantom_path)
+    compare = AttentionWidget(viewer)
+    viewer.window.add_dock_widget(compare)
+    compare.measure_importance()
+    qtbot.waitUntil(lambda: compare.importance_report is not None, timeout=120_000)
+    report = compare.importance_report
+    assert report["reference"] == "model" and [r["level"] for r in report["levels"]] != []
+    assert sorted(r["level"] for r in report["levels"]) == [1, 2, 3]
+    changes = [r["change_closed"] for r in report["levels"]]
+    assert changes == sorted(changes)  # the gate whose closing costs most first
+    assert compare._importance_table.shape == (3, 6)
+    assert compare._importance_verdict.value.startswith(f"L{report['levels'][0]['level']} does the most work")
+
+    labels = viewer.layers["phantom segmentation"]
+    state_for(viewer).track_painting(labels)
+    viewer.dims.order = (2, 0, 1)  # axial slices on screen (display axis 2 = S)
+    labels.brush_size = 3
+    labels.paint((5, 5, 10), 2)  # a correction on one axial slice
+    compare.importance_report = None
+    compare.measure_importance()
+    qtbot.waitUntil(lambda: compare.importance_report is not None, timeout=120_000)
+    assert compare.importance_report["reference"] == "labels"
+    assert len(compare.importance_report["slices"]) == 1
