@@ -376,13 +376,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     device, rank, world = _device(args.device), 0, 1
     if args.distributed:
         rank, world, device = _start_ranks(device)
-    try:
+    if not args.distributed:
         return _train(args, output, images, labels, device, rank, world)
-    finally:
-        if args.distributed:
-            import torch.distributed as dist
+    import torch.distributed as dist
 
-            dist.destroy_process_group()
+    try:
+        code = _train(args, output, images, labels, device, rank, world)
+        dist.barrier()  # the other ranks wait for rank 0's checkpoint: one leaving early aborted in Gloo's threads
+        return code
+    finally:
+        dist.destroy_process_group()
 
 
 def _train(args, output: Path, images: list[str], labels: list[str], device, rank: int, world: int) -> int:

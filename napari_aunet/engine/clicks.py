@@ -318,11 +318,21 @@ class ClickSegmenter:
                     break
                 if grown.sum() < 5 or not (grown & _dilate(previous)).any():  # a few stray pixels end it too
                     break
+                if not self._looks_alike(axis, (current - direction, current), window, (previous, grown)):
+                    break  # past the structure's end the pseudo-click lands on something else
                 stack[current - first] = grown
                 previous, current = grown, current + direction
         region = list(window)
         region.insert(axis, slice(first, last + 1))
         return tuple(region), np.moveaxis(stack, 0, axis)
+
+    def _looks_alike(self, axis: int, indices: tuple[int, int], window: tuple[slice, slice],
+                     masks: tuple[np.ndarray, np.ndarray]) -> bool:
+        """Whether the object on the next slice has the previous slice's appearance: mean intensity within 0.15
+        (normalised units, about a sixth of the scan's range) and an area between a third and three times."""
+        means = [float(self._window_of(axis, i, window)[m].mean()) for i, m in zip(indices, masks, strict=True)]
+        ratio = masks[1].sum() / max(masks[0].sum(), 1)
+        return abs(means[1] - means[0]) <= 0.15 and 1 / 3 <= ratio <= 3
 
     def box(self, current: np.ndarray, axis: int, index: int, box: tuple[int, int, int, int],
             three_d: bool = False) -> ClickUpdate:

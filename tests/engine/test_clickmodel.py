@@ -89,3 +89,13 @@ def test_the_click_model_carries_an_organ_through_neighbouring_slices():
     assert _dice(mask, organ) > 0.8
     flat = segment_clicks(click, phantom.image, [Click((7, *centre))], axis=0, three_d=False)
     assert [i for i in range(14) if flat[i].any()] == [7]
+
+
+def test_the_bundled_click_model_takes_boxes_and_names_its_training_sources():
+    from napari_aunet.engine.clickmodel import takes_boxes
+
+    checkpoint = load_model("click")
+    assert takes_boxes(checkpoint.config)
+    for source in ("Schaefer 2018", "THOMAS thalamic nuclei", "CC BY 4.0", "MIT", "MNI ICBM 2009a", "Hammers atlas"):
+        assert source in checkpoint.model_card, source
+    assert checkpoint.provenance["held_out"].startswith("the hammers atlas")

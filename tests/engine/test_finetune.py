@@ -118,7 +118,7 @@ def test_time_budget_stops_training():
 
 
 def test_the_click_model_fine_tunes_on_corrected_objects_with_simulated_clicks(inverted_phantom):
-    """Dark organs on a bright background: the click model has never seen one. Four corrected slices and 40
+    """Dark organs on a bright background: the click model has seen only synthetic dark objects. Four corrected slices and 40
     steps of clicks simulated on them make one click on an untouched slice find the organ."""
     image, truth = inverted_phantom
     objects = (truth > 0).astype(np.uint8)  # the organ, lesions included, is object 1
@@ -130,8 +130,10 @@ def test_the_click_model_fine_tunes_on_corrected_objects_with_simulated_clicks(i
                        FineTuneSettings(steps=40, learning_rate=1e-3, val_fraction=0.25, seed=0))
     after = evaluate(result.model, image, objects, untouched)
     assert set(before["dice"]) == {"object, 1 click", "object, 3 clicks"}
-    assert before["dice"]["object, 1 click"] < 0.3
-    assert after["dice"]["object, 1 click"] > before["dice"]["object, 1 click"] + 0.4
+    # measured: 0.42 -> 0.75 (the model trained with dark synthetic objects, so it starts better than the first
+    # click model, 0.13 -> 0.73)
+    assert before["dice"]["object, 1 click"] < 0.5
+    assert after["dice"]["object, 1 click"] > before["dice"]["object, 1 click"] + 0.2
     assert result.after["mean_dice"] > result.before["mean_dice"]  # the held-out annotated slice too
     # Frozen BatchNorm stays frozen although the click simulation switches the model to eval and back.
     original = load_model("click").build_model().state_dict()

@@ -8,6 +8,7 @@ import pytest
 
 from napari_aunet._click_widget import ClickWidget
 from napari_aunet._orientation import file_order
+from napari_aunet._state import state_for
 from napari_aunet.engine.phantoms import generate_phantom
 
 pytestmark = pytest.mark.gui
@@ -139,6 +140,7 @@ def test_correct_clicked_objects_then_fine_tune_the_click_model(make_napari_view
 
     missed = click_dice(13)
     assert missed < 0.5
+    state_for(viewer).painted[id(objects)].clear()  # that measuring click was undone: not a correction
     for index in (10, 16):  # the corrections: the organ painted as object 1 with the brush
         coords = np.argwhere(organ[index])
         objects.data_setitem((np.full(len(coords), index), coords[:, 0], coords[:, 1]), 1)
