@@ -123,31 +123,6 @@ def up_to_date(scan: Path, output: Path, settings: dict) -> dict | None:
     return None
 
 
-_ALLOCATOR_TUNED = False
-
-
-def _tune_allocator() -> None:
-    """Keep glibc from handing every large tensor back to the system (once per process).
-
-    Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which turns off glibc's adaptive mmap threshold:
-    every activation of the network was then a fresh mmap and page faults, 2.1x the time of one scan (measured,
-    the brain model on the 1.5 mm head: 2.26 s against 1.06 s). Serving allocations below 32 MB from the heap and
-    trimming it past 128 MB restores the speed (0.85 s, and slightly faster than glibc's defaults here)."""
-    global _ALLOCATOR_TUNED
-    if _ALLOCATOR_TUNED:
-        return
-    _ALLOCATOR_TUNED = True
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc (macOS, Windows, musl): nothing to tune
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024)
-    libc.mallopt(m_trim_threshold, 128 * 1024 * 1024)
-
-
 def _segmenter(options: CohortOptions, digest: str):
     """This process's Segmenter for ``options`` (the model is loaded once per worker)."""
     key = (digest, options.device, options.precision, options.batch_size)
@@ -174,7 +149,6 @@ def segment_one(scan: str | os.PathLike, output: str | os.PathLike, options: Coh
     started = time.perf_counter()
     row: dict = {"file": scan.name, "status": "ok", "seconds": 0.0, "reason": ""}
     try:
-        _tune_allocator()
         if options.threads:  # on every call: a Dask worker may run tasks in a new thread, whose OpenMP
             import torch  # thread count comes from OMP_NUM_THREADS=1, which Dask's nanny sets
 
