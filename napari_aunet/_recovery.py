@@ -178,10 +178,11 @@ def discard(entry: RecoveryEntry) -> None:
 
 
 def _placement(layer) -> dict[str, Any] | None:
-    metadata = layer.metadata if isinstance(layer.metadata, dict) else {}
-    if META_KEY in metadata and metadata[META_KEY].get("source"):
-        return {key: metadata[key] for key in (META_KEY, "aunet_header") if key in metadata}
-    return None
+    """The layer's placement metadata when it comes from (or is placed over) a scan file, else None."""
+    from ._segment_widget import _copy_placement_metadata
+
+    placement = _copy_placement_metadata(layer) if isinstance(layer.metadata, dict) else {}
+    return placement if placement.get(META_KEY, {}).get("source") else None
 
 
 @dataclass
@@ -190,8 +191,6 @@ class _Watched:
     name: str  # the layer's name when first watched: the entry's name
     edits: int = 0  # strokes since the layer was watched (or restored)
     unsaved: int = 0  # strokes not yet in the recovery file
-    first_unsaved: float = 0.0
-    saved: RecoveryEntry | None = None
 
 
 class RecoveryKeeper:
@@ -256,8 +255,6 @@ class RecoveryKeeper:
         if watched is None:
             return
         watched.edits += 1
-        if not watched.unsaved:
-            watched.first_unsaved = time.monotonic()
         watched.unsaved += 1
         if watched.unsaved >= EDITS_PER_SAVE:
             # napari emits the event of a single (not dragged) stroke before it writes the voxels
@@ -312,15 +309,13 @@ class RecoveryKeeper:
         if scan is None:
             return
         source, placement = scan
-        data = np.array(layer.data, copy=True)  # the GUI may paint on while the thread writes
+        # everything read from the layer is read here, in the GUI thread, which may paint on while the thread writes
+        data = np.array(layer.data, copy=True)
         painted = {axis: sorted(indices) for axis, indices in self._state.painted.get(id(layer), {}).items()}
+        class_names = layer_class_names(layer)
         edits, watched.unsaved = watched.edits, 0
-
-        def write() -> RecoveryEntry:
-            return write_entry(source, watched.name, data, placement, edits=edits, painted=painted,
-                               class_names=layer_class_names(layer))
-
-        future = self._executor.submit(write)
+        future = self._executor.submit(write_entry, source, watched.name, data, placement, edits=edits,
+                                       painted=painted, class_names=class_names)
         key = id(layer)
         future.add_done_callback(lambda done: self._written(key, done))
         self._pending = [f for f in self._pending if not f.done()] + [future]
@@ -329,8 +324,6 @@ class RecoveryKeeper:
         watched = self._watched.get(key)
         error = future.exception()
         if error is None:
-            if watched is not None:
-                watched.saved = future.result()
             self._failed.discard(key)
         elif key not in self._failed:
             self._failed.add(key)
@@ -356,11 +349,9 @@ class RecoveryKeeper:
         self.flush()
         watched.unsaved = 0
         scan = self.scan_of(layer)
-        names = {watched.name}
         for entry in entries_for(scan[0]) if scan is not None else ():
-            if entry.layer_name in names:
+            if entry.layer_name == watched.name:
                 discard(entry)
-        watched.saved = None
 
     # ----- recovery -------------------------------------------------------------------------------------------
     def offer(self, source: str) -> None:

@@ -67,8 +67,10 @@ def _spatial_volume(scan):
 
 def _is_cohort(args: argparse.Namespace) -> bool:
     """Several inputs, a folder, a glob, or an output folder: one task per scan (napari_aunet.cohort)."""
+    from .cohort import GLOB_CHARACTERS
+
     inputs = args.input
-    return (len(inputs) > 1 or any(Path(p).is_dir() or set("*?[") & set(p) for p in inputs)
+    return (len(inputs) > 1 or any(Path(p).is_dir() or GLOB_CHARACTERS & set(p) for p in inputs)
             or Path(args.output).is_dir() or args.output.endswith(os.sep) or args.dask is not None)
 
 

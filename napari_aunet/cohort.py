@@ -32,7 +32,7 @@ __all__ = ["CohortOptions", "SUMMARY_NAME", "find_scans", "output_name", "run_co
 
 SUMMARY_NAME = "summary.csv"
 DONE_FOLDER = ".aunet-done"
-_GLOB_CHARACTERS = set("*?[")
+GLOB_CHARACTERS = set("*?[")
 _SEGMENTERS: dict = {}  # per process: (model digest, device, precision, batch size) -> Segmenter
 
 
@@ -72,7 +72,7 @@ def find_scans(inputs: Sequence[str]) -> list[Path]:
         path = Path(text)
         if path.is_dir():
             matches = sorted(p for p in path.iterdir() if is_scan(p))
-        elif _GLOB_CHARACTERS & set(text):
+        elif GLOB_CHARACTERS & set(text):
             matches = sorted(Path(p) for p in glob.glob(text) if is_scan(Path(p)))
         elif path.exists():
             matches = [path]

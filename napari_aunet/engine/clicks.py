@@ -238,17 +238,16 @@ class ClickSegmenter:
         """Click-guided prediction on one slice: (window, bool mask in the window) from in-plane clicks and an
         optional box ``(row0, col0, row1, col1)``. The window starts at ``window`` pixels a side (at least 1.5x the
         box) around the first click or the box, and grows, re-centred on the object, while the object reaches one
-        of its inner edges — so no returned mask is cut straight by the window."""
+        of its inner edges — so no returned mask is cut straight by the window. A given ``window`` (the first slice's,
+        in 3D propagation) is kept as it is."""
         plane_shape = self._plane_shape(axis)
+        growth = GROWTH_STEPS if window is None else 0  # a given window (3D propagation) stays as it is
         if window is None:
-            size = self.window
-            if box is not None:
-                extent = max(abs(box[2] - box[0]), abs(box[3] - box[1])) + 1
-                size = max(size, -(-int(1.5 * extent) // 16) * 16)
-            anchor = positives[0] if positives else ((box[0] + box[2]) // 2, (box[1] + box[3]) // 2)
-            window = self._window(plane_shape, anchor, size)
-        size = max(window[0].stop - window[0].start, window[1].stop - window[1].start)
-        for attempt in range(GROWTH_STEPS + 1):
+            window = self._box_window(plane_shape, box) if box is not None else None
+            if positives:
+                window = self._window(plane_shape, positives[0], None if window is None else self._side(window))
+        size = self._side(window)
+        for attempt in range(growth + 1):
             offset = (window[0].start, window[1].start)
             local = [[(r - offset[0], c - offset[1]) for r, c in points] for points in (positives, negatives)]
             local_box = None if box is None else (box[0] - offset[0], box[1] - offset[1], box[2] - offset[0],
@@ -261,11 +260,21 @@ class ClickSegmenter:
             else:
                 probability = predict_object(self.segmenter.model, pixels, *local, box=local_box)
             mask = self._object_from(probability > 0.5, local[0], local_box)
-            if attempt == GROWTH_STEPS or not mask.any() or not cut_by_window(mask, window, plane_shape):
+            if attempt == growth or not mask.any() or not cut_by_window(mask, window, plane_shape):
                 break
             centre, size = _grown(mask, window, size)
             window = self._window(plane_shape, centre, size)
         return window, mask
+
+    @staticmethod
+    def _side(window: tuple[slice, slice]) -> int:
+        return max(window[0].stop - window[0].start, window[1].stop - window[1].start)
+
+    def _box_window(self, plane_shape: tuple[int, int], box: tuple[int, int, int, int]) -> tuple[slice, slice]:
+        """A window around ``box``'s centre of ``window`` pixels, or 1.5x the box rounded up to 16 when larger."""
+        extent = max(abs(box[2] - box[0]), abs(box[3] - box[1])) + 1
+        centre = ((box[0] + box[2]) // 2, (box[1] + box[3]) // 2)
+        return self._window(plane_shape, centre, max(self.window, -(-int(1.5 * extent) // 16) * 16))
 
     @staticmethod
     def _object_from(inside: np.ndarray, positives: list, box) -> np.ndarray:
@@ -314,8 +323,6 @@ class ClickSegmenter:
                 inner = deepest_point(previous)
                 anchor = (inner[0] + window[0].start, inner[1] + window[1].start)
                 _, grown = self._guided_on_plane(axis, current, [anchor], [], window=window)
-                if grown.shape != previous.shape:
-                    break
                 if grown.sum() < 5 or not (grown & _dilate(previous)).any():  # a few stray pixels end it too
                     break
                 if not self._looks_alike(axis, (current - direction, current), window, (previous, grown)):
@@ -357,8 +364,7 @@ class ClickSegmenter:
             region, mask = self._guided_click(None, axis, three_d, index=self.object_box[1])
             return ClickUpdate(region=region, mask=mask, seconds=time.perf_counter() - started)
         centre = ((box[0] + box[2]) // 2, (box[1] + box[3]) // 2)
-        extent = max(box[2] - box[0], box[3] - box[1]) + 1
-        window = self._window(plane_shape, centre, max(self.window, -(-int(1.5 * extent) // 16) * 16))
+        window = self._box_window(plane_shape, box)
         local_box = (box[0] - window[0].start, box[1] - window[1].start, box[2] - window[0].start,
                      box[3] - window[1].start)
         if self.guided:  # a click model without a box input: a click at the box's centre

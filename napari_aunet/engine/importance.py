@@ -71,12 +71,11 @@ class LevelImportance:
 
 
 def _mean_dice(prediction: np.ndarray, reference: np.ndarray, classes: Sequence[int]) -> float:
-    scores = []
-    for c in classes:
-        p, t = prediction == c, reference == c
-        if p.any() or t.any():
-            scores.append(2.0 * float((p & t).sum()) / float(p.sum() + t.sum()))
-    return float(np.mean(scores)) if scores else float("nan")
+    """Mean Dice over the foreground ``classes`` present in the prediction or the reference (finetune's scores)."""
+    from .finetune import _dice_iou
+
+    names = [f"label {c}" for c in range(max(classes, default=0) + 1)]  # classes absent from both are skipped there
+    return _dice_iou(prediction, reference, names)["mean_dice"]
 
 
 def _pooled(mask: np.ndarray, factor: int, shape: tuple[int, ...]) -> np.ndarray:
