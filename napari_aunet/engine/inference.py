@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from .checkpoint import Checkpoint
 from .config import ModelConfig
 from .geometry import GridGeometry
-from .intensity import BadVolumeError, check_volume, fill_non_finite, normalize
-from .model import AttentionUNet
+from .intensity import BadVolumeError, check_volume, fill_non_finite, normalizer
+from .model import AttentionUNet, fused_for_inference
 
 ProgressCallback = Callable[[int, int], None]
 MIN_VIEW_SLICES = 32  # a 3D volume thinner than this along any axis is segmented along the chosen axis only
@@ -184,6 +184,75 @@ def _window_starts(length: int, window: int, step: int) -> list[int]:
     return starts
 
 
+#: voxels above the scan's minimum plus this share of its range (to the 99.5th percentile) are the scanned object
+FOREGROUND_SHARE = 0.05
+#: voxels of air kept around the object when the scan is cropped to it
+CROP_MARGIN = 16
+#: a plane holds some of the object when at least 1 in this many of its voxels (pairs of neighbours) does
+OCCUPIED_SHARE = 10_000
+#: a box that keeps more than this share of the volume is not worth cropping to
+CROP_WORTH = 0.9
+
+
+def foreground_box(volume: np.ndarray, multiple: int = 1, margin: int | None = None,
+                   slicing_axis: int | None = None) -> tuple[slice, ...] | None:
+    """The box around the scanned object, ``margin`` voxels wider, starting on a multiple of ``multiple`` (so every
+    attention level's cells line up with the whole scan's), or None when it keeps most of the scan. Along
+    ``slicing_axis`` (2D models run slice by slice, each slice alone) the box keeps exactly the slices that hold
+    some of the object: the others are skipped. In-plane the margin keeps the network's view of the object's
+    surroundings: with 16 voxels the labels of the MNI T1 agree to Dice 0.999 with the uncropped run's.
+
+    The object is every voxel above the scan's minimum plus :data:`FOREGROUND_SHARE` of its range: the head in an
+    MRI, the body in a CT (air is about -1000 HU), in pairs of neighbours (a lone voxel of noise is not), in planes
+    where they make 1 in :data:`OCCUPIED_SHARE` of the voxels or more. nnU-Net crops to the non-zero region the
+    same way; a scan with noise everywhere above that level keeps its whole field of view."""
+    margin = CROP_MARGIN if margin is None else margin
+    sample = np.asarray(volume).reshape(-1)[:: max(1, volume.size // 2_000_000)].astype(np.float64)
+    low, high = float(volume.min()), float(np.percentile(sample, 99.5))
+    if high <= low:
+        return None
+    inside = volume > low + FOREGROUND_SHARE * (high - low)
+    inside[..., :-1] &= inside[..., 1:]  # a voxel of noise alone is not an object: keep pairs of neighbours
+    box = []
+    for axis in range(volume.ndim):
+        counts = np.count_nonzero(inside, axis=tuple(a for a in range(volume.ndim) if a != axis))
+        occupied = np.flatnonzero(counts >= max(1, (volume.size // volume.shape[axis]) // OCCUPIED_SHARE))
+        if occupied.size == 0:
+            return None
+        around, step = (0, 1) if axis == slicing_axis else (margin, multiple)
+        start = max(0, int(occupied[0]) - around) // step * step
+        box.append(slice(start, min(volume.shape[axis], int(occupied[-1]) + 1 + around)))
+    kept = math.prod(b.stop - b.start for b in box)
+    return tuple(box) if kept <= CROP_WORTH * volume.size else None
+
+
+def _placed(result: SegmentationResult, shape: tuple[int, ...], box: tuple[slice, ...]) -> SegmentationResult:
+    """A result computed on ``volume[box]`` put back on the whole scan: air outside the box is background
+    (probability 1), its attention 0 (the network never ran there)."""
+    labels = np.zeros(shape, dtype=result.labels.dtype)
+    labels[box] = result.labels
+    probabilities = None
+    if result.probabilities is not None:
+        probabilities = np.zeros((result.probabilities.shape[0], *shape), dtype=np.float32)
+        probabilities[0] = 1.0
+        probabilities[(slice(None), *box)] = result.probabilities
+    starts = tuple(float(b.start) for b in box)
+    attention = {}
+    for level, found in result.attention.items():
+        scale = found.geometry.scale
+        cells = [float(b.start) / c for b, c in zip(box, scale, strict=True)]
+        if result.resampled_shape is None and all(c.is_integer() for c in cells):
+            grid = tuple(-(-n // int(c)) for n, c in zip(shape, scale, strict=True))
+            data = np.zeros(grid, dtype=found.data.dtype)
+            data[tuple(slice(int(c), int(c) + n) for c, n in zip(cells, found.data.shape, strict=True))] = found.data
+            attention[level] = AttentionMap(level, data, found.geometry)
+        else:  # a map on a resampled grid keeps its own cells, moved to where the box sits
+            moved = GridGeometry(found.geometry.scale,
+                                 tuple(o + s for o, s in zip(found.geometry.offset, starts, strict=True)))
+            attention[level] = AttentionMap(level, found.data, moved)
+    return replace(result, labels=labels, probabilities=probabilities, attention=attention)
+
+
 _ALLOCATOR_TUNED = False
 #: set to 1 to keep glibc's own malloc settings (the tuning below is then skipped)
 KEEP_MALLOC_ENV = "AUNET_KEEP_MALLOC"
@@ -244,6 +313,11 @@ class Segmenter:
         self.batch_size = max(1, int(batch_size))
         if self.device.type == "cpu":
             tune_allocator()
+        # Inference runs on a copy with BatchNorm folded into the convolutions (the model keeps its weights), NHWC
+        # on CPUs and CUDA GPUs (oneDNN and cuDNN both run NHWC convolutions faster; docs/benchmarks.md).
+        self.fuse = True
+        self.channels_last = self.device.type in ("cpu", "cuda")
+        self._fused: tuple | None = None
 
     def _autocast(self):
         if self.precision == "fp32":
@@ -251,11 +325,34 @@ class Segmenter:
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
+    def _network(self) -> torch.nn.Module:
+        """The model as it runs here: BatchNorm folded into the convolutions, channels-last where that pays.
+
+        Rebuilt whenever the model changed since the last call (a fine-tuning step, loaded weights, a gate forced
+        open or closed by :func:`~napari_aunet.engine.importance.forced_gate`): the key is every parameter's and
+        buffer's version counter and every module's own ``forward`` override."""
+        model = self.model
+        key = (
+            tuple(t._version for t in model.parameters()),
+            tuple(t._version for t in model.buffers()),
+            tuple(id(m.__dict__.get("forward")) for m in model.modules()),
+            model.training,
+        )
+        if self._fused is None or self._fused[0] != key:
+            fused = fused_for_inference(model, channels_last=self.channels_last) if self.fuse else model
+            self._fused = (key, fused)
+        return self._fused[1]
+
     def _run(self, batch: np.ndarray) -> tuple[np.ndarray, dict[int, np.ndarray]]:
         """Probabilities ``(N, C, *spatial)`` float32 and attention ``{level: (N, *grid)}`` float32."""
         inputs = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+        network = self._network()
+        if self.fuse and self.channels_last:
+            inputs = inputs.contiguous(
+                memory_format=torch.channels_last if inputs.ndim == 4 else torch.channels_last_3d
+            )
         with torch.inference_mode(), self._autocast():
-            logits, attention = self.model(inputs, return_attention=True)
+            logits, attention = network(inputs, return_attention=True)
             probabilities = torch.softmax(logits.float(), dim=1)
         return (
             probabilities.cpu().numpy(),
@@ -300,6 +397,7 @@ class Segmenter:
         spacing: tuple[float, ...] | None = None,
         views: int | None = None,
         nan: str = "background",
+        crop: bool = True,
     ) -> Generator[tuple[int, int], None, SegmentationResult]:
         """Generator form: yields ``(done, total)`` after each batch and returns the result.
 
@@ -310,14 +408,16 @@ class Segmenter:
         segments along the other two axes and averages the probabilities; attention maps come from ``axis``;
         a volume thinner than ``MIN_VIEW_SLICES`` along any axis gets one view. ``nan``: NaN and infinite voxels
         become the scan's minimum (``background``, counted in the result) or are refused (``refuse``).
+        ``crop``: the network runs only on the box around the scanned object (:func:`foreground_box`; the air
+        around a head or a body is background, its attention 0), normalised with the whole scan's statistics.
         """
         volume, non_finite = fill_non_finite(np.asarray(volume), nan)
         result = yield from self._iter_segment(volume, mode, axis, roi_size, overlap, return_probabilities,
-                                               return_attention, spacing, views)
+                                               return_attention, spacing, views, crop)
         return replace(result, non_finite=non_finite) if non_finite else result
 
     def _iter_segment(self, volume, mode, axis, roi_size, overlap, return_probabilities, return_attention, spacing,
-                      views):
+                      views, crop):
         check_volume(volume)
         if self.config.in_channels != 1:
             raise BadVolumeError(
@@ -337,17 +437,33 @@ class Segmenter:
             raise ValueError(f"views must be 1 or 3, got {views}")
         # a slab only a few slices thick has no usable coronal or sagittal slices: one view there
         several = mode == "2d" and views == 3 and volume.ndim == 3 and min(volume.shape) >= MIN_VIEW_SLICES
-        normalized = normalize(volume, self.config.normalization)
+        if mode == "2d" and not -volume.ndim <= axis < volume.ndim:
+            raise ValueError(f"axis {axis} does not exist in a volume of shape {volume.shape}")
+        # statistics of the whole scan, applied to the part the network sees (the box, one batch of slices)
+        transform = normalizer(volume, self.config.normalization)
+        one_axis = axis % volume.ndim if mode == "2d" and not several and volume.ndim == 3 else None
+        box = foreground_box(volume, self.config.size_multiple, slicing_axis=one_axis) if crop else None
+        if box is not None:
+            result = yield from self._segment_part(volume[box], transform, mode, axis, roi_size, overlap,
+                                                   return_probabilities, return_attention, spacing, several)
+            return _placed(result, volume.shape, box)
+        return (yield from self._segment_part(volume, transform, mode, axis, roi_size, overlap, return_probabilities,
+                                              return_attention, spacing, several))
+
+    def _segment_part(self, volume, transform, mode, axis, roi_size, overlap, return_probabilities, return_attention,
+                      spacing, several):
         # Several views need one grid for all three axes, so every axis is adapted to the model's spacing.
         target_shape = self.adapted_shape(volume.shape, spacing, axis if mode == "2d" and not several else None)
         if several:
-            grid = normalized if target_shape is None else resample(normalized, target_shape, mode="linear")
-            result = yield from self._segment_views(grid, axis % 3, return_attention)
+            grid = transform(volume)
+            grid = grid if target_shape is None else resample(grid, target_shape, mode="linear")
+            result = yield from self._segment_views(grid, axis % 3, return_attention,
+                                                    return_probabilities or target_shape is not None)
             if target_shape is not None:
                 return self._back_to_input(result, volume.shape, return_probabilities)
-            return result if return_probabilities else replace(result, probabilities=None)
+            return result
         if target_shape is not None:
-            normalized = resample(normalized, target_shape, mode="linear")
+            normalized = resample(transform(volume), target_shape, mode="linear")
             axis_after = axis % volume.ndim if mode == "2d" else axis
             # Labels follow the probabilities, so they are always needed on the model's grid.
             if mode == "2d":
@@ -356,8 +472,11 @@ class Segmenter:
                 result = yield from self._segment_windows(normalized, roi_size, overlap, True, return_attention)
             return self._back_to_input(result, volume.shape, return_probabilities)
         if mode == "2d":
-            return (yield from self._segment_slices(normalized, axis, return_probabilities, return_attention))
-        return (yield from self._segment_windows(normalized, roi_size, overlap, return_probabilities, return_attention))
+            # raw slices, normalised a batch at a time: no float32 copy of the whole scan
+            return (yield from self._segment_slices(volume, axis, return_probabilities, return_attention,
+                                                    transform=transform))
+        return (yield from self._segment_windows(transform(volume), roi_size, overlap, return_probabilities,
+                                                 return_attention))
 
     def adapted_shape(
         self, shape: tuple[int, ...], spacing: tuple[float, ...] | None, axis: int | None
@@ -384,7 +503,11 @@ class Segmenter:
             mode=result.mode, axis=result.axis, resampled_shape=model_shape, views=result.views,
         )
 
-    def _segment_slices(self, volume, axis, return_probabilities, return_attention):
+    def _segment_slices(self, volume, axis, return_probabilities, return_attention, transform=None, summed=None):
+        """The model on every slice along ``axis``, ``batch_size`` slices at a time. ``transform`` normalises each
+        batch (``volume`` is then the raw scan); labels are decided per batch, so the class probabilities of the
+        whole volume exist only when asked for; ``summed`` (``(C, *volume.shape)``) instead adds them there (the
+        views of :meth:`_segment_views`) and the labels are left to the caller."""
         single = volume.ndim == 2
         if single:
             volume, axis = volume[None], 0
@@ -394,52 +517,62 @@ class Segmenter:
         slices = np.moveaxis(volume, axis, 0)
         count, plane = slices.shape[0], slices.shape[1:]
         classes = self.config.out_channels
-        probabilities = np.empty((count, classes, *plane), dtype=np.float32)
-        factors = {level: 2 ** (level - 1) for level in self.config.gated_levels}
+        probabilities = np.empty((count, classes, *plane), dtype=np.float32) if return_probabilities else None
+        target = None if summed is None else np.moveaxis(summed, axis + 1, 0)
+        labels = np.empty((count, *plane), dtype=np.uint8 if classes <= 256 else np.uint16) if summed is None else None
+        factors = {level: 2 ** (level - 1) for level in self.config.gated_levels} if return_attention else {}
         attention = {
             level: np.empty((count, *(-(-n // f) for n in plane)), dtype=np.float16) for level, f in factors.items()
         }
         total = math.ceil(count / self.batch_size)
         for batch_index, start in enumerate(range(0, count, self.batch_size)):
             stop = min(start + self.batch_size, count)
-            batch_probabilities, batch_attention = self._run(slices[start:stop, None])
-            probabilities[start:stop] = batch_probabilities
-            for level, maps in batch_attention.items():
-                attention[level][start:stop] = maps
+            batch = slices[start:stop]
+            batch = transform(batch) if transform is not None else batch
+            batch_probabilities, batch_attention = self._run(batch[:, None])
+            if target is not None:
+                target[start:stop] += batch_probabilities
+            else:
+                labels[start:stop] = decide(batch_probabilities, class_axis=1, rule=self.config.decision)
+            if probabilities is not None:
+                probabilities[start:stop] = batch_probabilities
+            for level in factors:
+                attention[level][start:stop] = batch_attention[level]
             yield batch_index + 1, total
 
         def restore(array: np.ndarray, leading: int = 0) -> np.ndarray:
             array = np.moveaxis(array, leading, axis + leading)
             return array[(slice(None),) * leading + (0,)] if single else array
 
-        labels = restore(decide(probabilities, class_axis=1, rule=self.config.decision))
         probabilities_out = None
-        if return_probabilities:
-            probabilities_out = restore(np.moveaxis(probabilities, 1, 0), leading=1)
+        if probabilities is not None:
+            probabilities_out = np.ascontiguousarray(restore(np.moveaxis(probabilities, 1, 0), leading=1))
+            del probabilities
         maps = {}
-        if return_attention:
-            ndim = 2 if single else 3
-            for level, factor in factors.items():
-                in_plane = tuple(a for a in range(ndim) if single or a != axis)
-                maps[level] = AttentionMap(
-                    level, np.ascontiguousarray(restore(attention[level])), GridGeometry.pooled(ndim, factor, in_plane)
-                )
+        ndim = 2 if single else 3
+        for level, factor in factors.items():
+            in_plane = tuple(a for a in range(ndim) if single or a != axis)
+            maps[level] = AttentionMap(
+                level, np.ascontiguousarray(restore(attention.pop(level))), GridGeometry.pooled(ndim, factor, in_plane)
+            )
         return SegmentationResult(
-            labels=np.ascontiguousarray(labels),
+            labels=None if labels is None else np.ascontiguousarray(restore(labels)),
             class_names=self.config.class_names,
-            probabilities=None if probabilities_out is None else np.ascontiguousarray(probabilities_out),
+            probabilities=probabilities_out,
             attention=maps,
             mode="2d",
             axis=None if single else axis,
         )
 
-    def _segment_views(self, volume, axis, return_attention):
-        """Slices along ``axis`` (attention from these), then along the other two axes; probabilities averaged."""
+    def _segment_views(self, volume, axis, return_attention, return_probabilities):
+        """Slices along ``axis`` (attention from these), then along the other two axes; probabilities averaged in
+        one array of the volume's size (no full copy per view)."""
         order = (axis, *(a for a in range(3) if a != axis))
         totals = [math.ceil(volume.shape[a] / self.batch_size) for a in order]
-        summed, first = None, None
+        summed = np.zeros((self.config.out_channels, *volume.shape), dtype=np.float32)
+        first = None
         for view, view_axis in enumerate(order):
-            steps = self._segment_slices(volume, view_axis, True, return_attention and view == 0)
+            steps = self._segment_slices(volume, view_axis, False, return_attention and view == 0, summed=summed)
             while True:
                 try:
                     done, _ = next(steps)
@@ -447,12 +580,10 @@ class Segmenter:
                     result = finished.value
                     break
                 yield sum(totals[:view]) + done, sum(totals)
-            if summed is None:
-                summed, first = result.probabilities, result
-            else:
-                summed += result.probabilities
+            first = first or result
         summed /= len(order)
-        return replace(first, labels=decide(summed, rule=self.config.decision), probabilities=summed, views=len(order))
+        return replace(first, labels=decide(summed, rule=self.config.decision),
+                       probabilities=summed if return_probabilities else None, views=len(order))
 
     def _segment_windows(self, volume, roi_size, overlap, return_probabilities, return_attention):
         if not 0.0 <= overlap < 1.0:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import numpy as np
 
 from .config import Normalization
@@ -70,30 +73,47 @@ def fill_non_finite(volume: np.ndarray, policy: str = "background") -> tuple[np.
 
 
 def _sample(volume: np.ndarray) -> np.ndarray:
-    flat = volume.reshape(-1)
+    flat = np.asarray(volume).reshape(-1)
     step = max(1, flat.size // _SAMPLE_VOXELS)
-    return flat[::step].astype(np.float64)
+    # through float32, as the normalised volume is computed
+    return flat[::step].astype(np.float32).astype(np.float64)
+
+
+def normalizer(volume: np.ndarray, normalization: Normalization) -> Callable[[np.ndarray], np.ndarray]:
+    """The normalisation ``normalization`` says, with its statistics taken from the whole ``volume``, as a function
+    that maps any part of it (a crop, a batch of slices) to float32: parts normalised apart equal the same parts of
+    ``normalize(volume)``. Each call makes one float32 copy and works in place on it."""
+    mode = normalization.mode
+    if mode == "none":
+        return lambda part: np.array(part, dtype=np.float32)
+    if mode == "ct_window":
+        lower, upper = normalization.lower, normalization.upper
+    elif mode == "percentile":
+        lower, upper = np.percentile(_sample(volume), [normalization.lower, normalization.upper])
+        if upper <= lower:
+            return lambda part: np.zeros(np.shape(part), dtype=np.float32)
+    else:  # zscore
+        sample = _sample(volume)
+        if normalization.threshold is not None:
+            sample = sample[sample > normalization.threshold]
+            if sample.size == 0:
+                return lambda part: np.zeros(np.shape(part), dtype=np.float32)
+        mean, std = float(sample.mean()), float(sample.std())
+        return functools.partial(_affine, shift=mean, scale=1.0 / max(std, 1e-8))
+    return functools.partial(_affine, lower=float(lower), upper=float(upper), shift=float(lower),
+                             scale=1.0 / (float(upper) - float(lower)))
+
+
+def _affine(part: np.ndarray, shift: float, scale: float, lower: float | None = None,
+            upper: float | None = None) -> np.ndarray:
+    data = np.array(part, dtype=np.float32)
+    if lower is not None:
+        np.clip(data, np.float32(lower), np.float32(upper), out=data)
+    data -= np.float32(shift)
+    data *= np.float32(scale)
+    return data
 
 
 def normalize(volume: np.ndarray, normalization: Normalization) -> np.ndarray:
     """Return ``volume`` as float32 normalised as ``normalization`` says (same shape)."""
-    data = np.asarray(volume, dtype=np.float32)
-    mode = normalization.mode
-    if mode == "none":
-        return data
-    if mode == "ct_window":
-        lower, upper = normalization.lower, normalization.upper
-        return ((np.clip(data, lower, upper) - lower) / (upper - lower)).astype(np.float32)
-    sample = _sample(data)
-    if mode == "percentile":
-        lower, upper = np.percentile(sample, [normalization.lower, normalization.upper])
-        if upper <= lower:
-            return np.zeros_like(data)
-        return ((np.clip(data, lower, upper) - lower) / (upper - lower)).astype(np.float32)
-    # zscore
-    if normalization.threshold is not None:
-        sample = sample[sample > normalization.threshold]
-        if sample.size == 0:
-            return np.zeros_like(data)
-    mean, std = float(sample.mean()), float(sample.std())
-    return ((data - mean) / max(std, 1e-8)).astype(np.float32)
+    return normalizer(volume, normalization)(volume)

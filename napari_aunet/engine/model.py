@@ -8,6 +8,8 @@ in the code: level 1 is the full-resolution level, level k is ``2**(k-1)`` times
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -198,3 +200,39 @@ class AttentionUNet(nn.Module):
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def _folded(conv: nn.Module, norm: nn.Module) -> nn.Module:
+    """One convolution computing ``norm(conv(x))`` of an eval-mode BatchNorm (running statistics)."""
+    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
+    fused = type(conv)(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                       padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,
+                       device=conv.weight.device, dtype=conv.weight.dtype)
+    with torch.no_grad():
+        fused.weight.copy_(conv.weight * scale.reshape(-1, *([1] * (conv.weight.ndim - 1))))
+        fused.bias.copy_((bias - norm.running_mean) * scale + norm.bias)
+    return fused
+
+
+def fused_for_inference(model: nn.Module, channels_last: bool = False) -> nn.Module:
+    """An inference copy of ``model``: every convolution followed by a BatchNorm in the same ``nn.Sequential``
+    (each ConvBlock layer, each gate's transforms and psi) becomes one convolution with a bias, and the BatchNorm
+    an identity. Outputs equal the eval-mode model's to float rounding; ``model`` itself is not changed (its
+    weights stay unfused on disk and trainable). ``channels_last`` also stores the copy's weights NHWC/NDHWC,
+    which oneDNN runs faster on CPUs."""
+    fused = copy.deepcopy(model).eval()
+    convolutions, norms = (nn.Conv2d, nn.Conv3d), (nn.BatchNorm2d, nn.BatchNorm3d)
+    for module in fused.modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        names = list(module._modules)
+        for name, following in zip(names, names[1:], strict=False):
+            conv, norm = module._modules[name], module._modules[following]
+            if isinstance(conv, convolutions) and isinstance(norm, norms) and norm.track_running_stats:
+                module._modules[name] = _folded(conv, norm)
+                module._modules[following] = nn.Identity()
+    if channels_last:
+        dims = getattr(getattr(model, "config", None), "spatial_dims", 2)
+        fused = fused.to(memory_format=torch.channels_last if dims == 2 else torch.channels_last_3d)
+    return fused
