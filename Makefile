@@ -56,8 +56,10 @@ study: install
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	$(BIN)/python benchmarks/study.py
 
+# CPU performance, section by section, against MONAI (benchmarks/perf.py; QUICK=1 for the short version).
 bench: install
-	$(BIN)/python benchmarks/segment_cli.py
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	$(BIN)/python benchmarks/perf.py $(if $(QUICK),--quick)
 
 # Real data for benchmarks only (never read by the package): the nimare and deepmriprep wheels, read as zips.
 bench-data: install
