@@ -1,25 +1,39 @@
 """Attention comparison widget: which decoder level focuses on the target, shown and in numbers.
 
-Pick levels, see them side by side (napari grid mode) or overlaid on the scan, read a table of
-per-level statistics (attention mass inside the predicted foreground, mean attention inside vs outside,
-normalised entropy), export a PNG montage of the current slice and the maps as NIfTI.
+One level over the scan (the level chosen here; the others hidden), or, one click away, every level side by side
+in napari's grid mode with the scan under each; a table of per-level statistics (attention mass inside the
+predicted foreground, mean attention inside vs outside, normalised entropy); a PNG montage of the current slice
+and the maps as NIfTI.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import ComboBox, FileEdit, Label, PushButton, Select, Table
+from magicgui.widgets import CheckBox, ComboBox, FileEdit, Label, PushButton, Table
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from ._fit import ScrollingContainer
-from ._layers import ATTENTION_COLORMAP, ATTENTION_NOTE, attention_layer_name
+from ._layers import ATTENTION_NOTE, attention_colormap, attention_layer_name, show_one_level
 from ._state import SegmentationRun, state_for
 from .engine.attention_stats import LevelStatistics, attention_statistics
 
 TABLE_COLUMNS = ("level", "grid", "mass in %", "mean in", "mean out", "entropy")
+GRID_SCAN = "aunet_grid_scan"  # metadata key of the scan copies drawn under each level in the grid
 IMPORTANCE_COLUMNS = ("level", "Dice", "closed", "open", "ψ in", "ψ out")
+
+
+@dataclass
+class GridLayout:
+    """What showing the levels side by side changed, so that turning the grid off puts it back."""
+
+    image: str  # the segmented image shown in the grid
+    order: list[str]  # the layer list before, bottom to top
+    hidden: list[str]  # layers that were visible and were hidden for the grid
+    named: list[str]  # layers whose name was drawn in their cell
+    stride: int  # napari's grid stride before
 
 
 class AttentionWidget(ScrollingContainer):
@@ -30,9 +44,14 @@ class AttentionWidget(ScrollingContainer):
         self._viewer = napari_viewer
         self._state = state_for(napari_viewer)
         self._image = ComboBox(label="segmented image", choices=self._segmented_images)
-        self._levels = Select(label="levels", choices=self._level_choices, allow_multiple=True)
-        self._side_by_side = PushButton(text="Side by side (grid)")
-        self._overlay = PushButton(text="Overlay on the scan")
+        self._level = ComboBox(label="level shown", choices=self._level_choices,
+                               tooltip="The attention level drawn over the scan; the others are hidden")
+        self._grid = CheckBox(
+            text="all levels side by side (grid)", value=False,
+            tooltip="On: napari's grid mode, one cell per level with the scan under each. "
+                    "Off: the level shown above, over the scan, with the segmentation outlined",
+        )
+        self._grid_layout: GridLayout | None = None  # set while the levels are shown side by side
         self._refresh = PushButton(text="Update table")
         self._table = Table(value=_table_value([]))
         self._verdict = Label(label="focus")
@@ -50,20 +69,20 @@ class AttentionWidget(ScrollingContainer):
         self._export_png = PushButton(text="Export PNG montage (current slice)")
         self._export_nifti = PushButton(text="Export maps as NIfTI")
         self._table.native.setMinimumHeight(140)
-        self._levels.native.setMaximumHeight(90)  # a few levels: no need for a tall list
         self._table.native.horizontalHeader().setStretchLastSection(True)
         note = Label(value=ATTENTION_NOTE)
         note.native.setWordWrap(True)
         self._verdict.native.setWordWrap(True)
         self.extend([
-            self._image, self._levels, self._side_by_side, self._overlay, self._refresh, self._table,
+            self._image, self._level, self._grid, self._refresh, self._table,
             self._verdict, self._importance, self._importance_table, self._importance_verdict, self._folder,
             self._export_png, self._export_nifti, note,
         ])
         self._importance.clicked.connect(self.measure_importance)
         self._image.changed.connect(self._on_image_changed)
-        self._side_by_side.clicked.connect(self.show_side_by_side)
-        self._overlay.clicked.connect(self.show_overlay)
+        self._level.changed.connect(self._on_level_changed)
+        self._grid.changed.connect(lambda on: self.show_side_by_side() if on else self.show_overlay())
+        napari_viewer.canvas.grid.events.enabled.connect(self._on_napari_grid)
         self._refresh.clicked.connect(self.update_table)
         self._export_png.clicked.connect(lambda: self.export_png())
         self._export_nifti.clicked.connect(lambda: self.export_nifti())
@@ -99,7 +118,8 @@ class AttentionWidget(ScrollingContainer):
             self._image.value = image  # (its changed signal refreshes the levels and the table)
 
     def show_run(self, image_name: str) -> None:
-        """A segmentation just finished: choose its image, select all its levels, fill the table."""
+        """A segmentation just finished: choose its image, fill the table and show its maps as chosen here (one
+        level over the scan, or the grid)."""
         self.reset_choices()
         if image_name not in self._image.choices:
             return
@@ -107,11 +127,20 @@ class AttentionWidget(ScrollingContainer):
             self._on_image_changed()  # the same image segmented again: new levels and numbers
         else:
             self._image.value = image_name
+        run = self._run(quiet=True)
+        if run is not None and run.result.attention:
+            self.show_side_by_side() if self._grid.value else self.show_overlay()
 
     def _on_image_changed(self, value=None) -> None:
-        self._levels.reset_choices()
-        self._levels.value = [choice for _, choice in self._level_choices()]
+        """Levels of the chosen image (the level shown kept when it has it, else its finest) and its table."""
+        choices = [choice for _, choice in self._level_choices()]
+        with self._level.changed.blocked():  # choosing an image in the list shows nothing by itself
+            self._level.reset_choices()
+            if choices and self._level.value not in choices:
+                self._level.value = choices[0]
         self.update_table(quiet=True)
+        if self._grid_layout is not None and self._grid_layout.image != self._image.value:
+            self.show_side_by_side()  # the grid follows the image
 
     def _run(self, quiet: bool = False) -> SegmentationRun | None:
         name = self._image.value
@@ -123,48 +152,124 @@ class AttentionWidget(ScrollingContainer):
             return None
         return run
 
-    def _selected_layers(self, run: SegmentationRun) -> list:
-        names = [run.attention_layers.get(level) for level in self._levels.value]
-        missing = [name for name in names if name is None or name not in self._viewer.layers]
-        if missing:
-            show_warning("Some attention layers were deleted; run Segment again to bring them back.")
-        return [self._viewer.layers[name] for name in names if name is not None and name in self._viewer.layers]
+    def _attention_layers(self, run: SegmentationRun) -> dict[int, object]:
+        """Level -> attention layer of ``run``, for the layers still in the viewer."""
+        names = run.attention_layers
+        return {level: self._viewer.layers[name] for level, name in sorted(names.items()) if name in self._viewer.layers}
 
     # ----- views --------------------------------------------------------------------------------
-    def show_side_by_side(self) -> None:
-        """Napari grid mode with one cell per selected level (other plugin layers hidden)."""
-        run = self._run()
-        if run is None:
-            return
-        chosen = self._selected_layers(run)
-        if not chosen:
-            show_warning("Choose at least one level.")
-            return
-        self._show_only(run, chosen, keep_scan=False)
-        self._viewer.canvas.grid.enabled = True
-        self._viewer.canvas.grid.stride = 1
+    def _on_level_changed(self, level=None) -> None:
+        if not self._grid.value:
+            self.show_overlay()
 
     def show_overlay(self) -> None:
-        """Grid mode off: the selected levels over the scan (additive blending)."""
+        """One level over the scan: grid mode off (the layer list as it was), the scan visible, only the chosen
+        level's map visible, with its colour bar."""
+        self._leave_grid()
+        self._set_grid_box(False)
         run = self._run()
         if run is None:
             return
-        chosen = self._selected_layers(run)
-        if not chosen:
-            show_warning("Choose at least one level to overlay; the layers are left as they are.")
+        layers = self._attention_layers(run)
+        if not layers:
+            show_warning("The attention layers were deleted; run Segment again to bring them back.")
             return
-        self._show_only(run, chosen, keep_scan=True)
-        self._viewer.canvas.grid.enabled = False
+        if run.image_layer in self._viewer.layers:
+            self._viewer.layers[run.image_layer].visible = True
+        level = self._level.value if self._level.value in layers else min(layers)
+        show_one_level(layers, level)
 
-    def _show_only(self, run: SegmentationRun, chosen: list, keep_scan: bool) -> None:
-        ours = {name for name in run.attention_layers.values() if name in self._viewer.layers}
-        for layer in self._viewer.layers:
-            if layer.name in ours:
-                layer.visible = layer in chosen
-            elif layer.name == run.image_layer:
-                layer.visible = keep_scan
-            elif layer.name == run.labels_layer:
-                layer.visible = False
+    def show_side_by_side(self) -> None:
+        """Napari grid mode: one cell per level, each map over a copy of the scan (a second layer on the same
+        array), the finest top left, then the segmentation over the scan; every other layer is hidden until the
+        grid is turned off."""
+        self._leave_grid()
+        run = self._run()
+        layers = self._attention_layers(run) if run is not None else {}
+        if not layers:
+            if run is not None:
+                show_warning("The attention layers were deleted; run Segment again to bring them back.")
+            self._set_grid_box(False)
+            return
+        viewer = self._viewer
+        active = viewer.layers.selection.active
+        scan = viewer.layers[run.image_layer] if run.image_layer in viewer.layers else None
+        labels = viewer.layers[run.labels_layer] if run.labels_layer in viewer.layers else None
+        last_cell = [labels, scan] if scan is not None and labels is not None else []
+        shown = [*layers.values(), *last_cell]
+        layout = GridLayout(
+            image=run.image_layer, order=[layer.name for layer in viewer.layers],
+            hidden=[layer.name for layer in viewer.layers if layer.visible and layer not in shown],
+            named=[layer.name for layer in shown if layer is not scan], stride=viewer.canvas.grid.stride,
+        )
+        for name in layout.hidden:
+            viewer.layers[name].visible = False
+
+        def to_top(layer, name_shown: bool) -> None:
+            viewer.layers.move(viewer.layers.index(layer), len(viewer.layers))
+            layer.visible = True
+            if name_shown:
+                layer.name_overlay.font_size = 8  # beside the colour bar in a cell a third of the canvas wide
+                layer.name_overlay.visible = True
+
+        # Top of the list, top to bottom: L1, scan, L2, scan, …, segmentation, scan. With a stride of -2 napari
+        # groups the layers in pairs from the top: each cell holds one layer over its scan.
+        for layer in reversed(last_cell):
+            to_top(layer, layer is labels)
+        for level, layer in sorted(layers.items(), reverse=True):
+            if scan is not None:
+                data, state, _ = scan.as_layer_data_tuple()
+                state.update(name=f"{run.image_layer} under L{level}", visible=True,
+                             metadata={GRID_SCAN: run.image_layer})
+                to_top(viewer.add_image(data, **state), False)
+            to_top(layer, True)
+            layer.colorbar.visible = True
+        self._grid_layout = layout
+        with self._napari_grid_quiet():
+            viewer.canvas.grid.stride = -2 if scan is not None else -1
+            viewer.canvas.grid.enabled = True
+        self._set_grid_box(True)
+        if active is not None and active in viewer.layers:
+            viewer.layers.selection.active = active
+
+    def _leave_grid(self) -> None:
+        """Undo what the grid changed: scan copies removed, layer order and hidden layers back, grid off."""
+        viewer = self._viewer
+        layout, self._grid_layout = self._grid_layout, None
+        for layer in [layer for layer in viewer.layers if GRID_SCAN in layer.metadata]:
+            viewer.layers.remove(layer)
+        with self._napari_grid_quiet():
+            viewer.canvas.grid.enabled = False
+            if layout is not None:
+                viewer.canvas.grid.stride = layout.stride
+        if layout is None:
+            return
+        for name in layout.named:
+            if name in viewer.layers:
+                viewer.layers[name].name_overlay.visible = False
+        # the recorded layers back in their recorded order, in the slots they hold now; later layers stay put
+        names = [layer.name for layer in viewer.layers]
+        recorded = [name for name in layout.order if name in names]
+        slots = iter(recorded)
+        wanted = [next(slots) if name in recorded else name for name in names]
+        viewer.layers.move_multiple([names.index(name) for name in wanted], 0)
+        for name in layout.hidden:
+            if name in viewer.layers:
+                viewer.layers[name].visible = True
+
+    def _set_grid_box(self, on: bool) -> None:
+        with self._grid.changed.blocked():
+            self._grid.value = on
+
+    def _napari_grid_quiet(self):
+        return self._viewer.canvas.grid.events.enabled.blocker(self._on_napari_grid)
+
+    def _on_napari_grid(self, event=None) -> None:
+        """napari's own grid button: the box follows it; turning it off leaves our grid as from the box."""
+        enabled = self._viewer.canvas.grid.enabled
+        if not enabled and self._grid_layout is not None:
+            self.show_overlay()
+        self._set_grid_box(enabled)
 
     # ----- numbers ------------------------------------------------------------------------------
     def statistics(self) -> list[LevelStatistics]:
@@ -293,7 +398,7 @@ class AttentionWidget(ScrollingContainer):
         return written
 
     def export_png(self, path=None) -> Path | None:
-        """A montage of the current slice: the scan, then every level over the scan (inferno)."""
+        """A montage of the current slice: the scan, then every level over the scan, coloured as on the canvas."""
         run = self._run()
         if run is None:
             return None
@@ -346,19 +451,19 @@ def _sample(layer, world: np.ndarray) -> np.ndarray:
 
 
 def render_montage(viewer, image, levels: list) -> np.ndarray:
-    """RGB uint8 montage (H, W * (1 + levels), 3) of the current slice: scan, then each level over it."""
-    from napari.utils.colormaps import ensure_colormap
-
+    """RGB uint8 montage (H, W * (1 + levels), 3) of the current slice: the scan, then each level over it, blended
+    by the attention colormap's alpha as the canvas does (translucent)."""
     world, _ = _slice_grid(viewer, image)
     scan = _sample(image, world)
     low, high = image.contrast_limits
     grey = np.clip((np.nan_to_num(scan, nan=low) - low) / max(high - low, 1e-6), 0, 1)
     tiles = [np.repeat(grey[..., None], 3, axis=-1)]
-    colormap = ensure_colormap(ATTENTION_COLORMAP)
+    colormap = attention_colormap()
     for layer in levels:
-        values = np.nan_to_num(_sample(layer, world), nan=0.0)
-        colour = colormap.map(values.reshape(-1)).reshape(*values.shape, 4)[..., :3]
-        tiles.append(np.clip(0.5 * tiles[0] + 0.8 * colour * values[..., None], 0, 1))
+        values = np.clip(np.nan_to_num(_sample(layer, world), nan=0.0), 0, 1)
+        rgba = colormap.map(values.reshape(-1)).reshape(*values.shape, 4)
+        alpha = rgba[..., 3:] * layer.opacity
+        tiles.append(np.clip((1 - alpha) * tiles[0] + alpha * rgba[..., :3], 0, 1))
     separator = np.ones((grey.shape[0], 2, 3))
     parts = []
     for tile in tiles:

@@ -1,8 +1,9 @@
 """`aunet demo`: napari with a real head T1 (skull, face, neck; a person no model here trained on), segmented by the
 brain model through the plugin's widgets.
 
-With ``--screenshot`` it waits for the segmentation, shows the attention levels side by side with the
-comparison table filled in, saves a screenshot of the whole window and exits.
+With ``--screenshot`` it waits for the segmentation, shows the level-2 attention map over the scan (the level
+chosen in the Compare widget; the segmentation outlined) with the comparison table filled in, saves a screenshot
+of the whole window and exits.
 """
 
 from __future__ import annotations
@@ -36,13 +37,7 @@ def run_demo(screenshot: str | None = None) -> int:
     compare.reset_choices()
     compare._image.value = SAMPLE
     compare.update_table()
-    viewer.layers[f"{SAMPLE} segmentation"].visible = False
-    compare.show_overlay()
-    for layer in viewer.layers:
-        if layer.name.startswith(f"{SAMPLE} attention L"):
-            layer.visible = layer.name.startswith(f"{SAMPLE} attention L2")
-    viewer.layers[f"{SAMPLE} segmentation"].visible = True
-    viewer.layers[f"{SAMPLE} segmentation"].contour = 1
+    compare._level.value = 2  # as a user picks it: only that level's map over the scan
     viewer.dims.set_current_step(2, 150)  # an axial slice through the lateral ventricles (1 mm world steps)
     focus(viewer, "Compare attention levels", 560)
     viewer.reset_view()

@@ -12,7 +12,18 @@ import numpy as np
 from ._orientation import display_placement
 from .io.tables import label_volumes
 
-ATTENTION_COLORMAP = "inferno"
+ATTENTION_COLORMAP = "attention"  # see attention_colormap()
+# value -> RGBA of the attention colormap: clear where a gate passes little, so the scan reads through, then dark
+# red, orange and a pale yellow where it passes everything; alpha grows faster than linearly, so the typical
+# 0.3-0.6 background of a gate tints the scan instead of covering it.
+ATTENTION_COLORS = (
+    (0.0, (0.55, 0.0, 0.0, 0.0)),
+    (0.3, (0.8, 0.1, 0.0, 0.08)),
+    (0.6, (1.0, 0.45, 0.0, 0.35)),
+    (0.85, (1.0, 0.72, 0.1, 0.55)),
+    (1.0, (1.0, 0.92, 0.45, 0.65)),  # never opaque: the scan reads even where a gate passes everything
+)
+LABELS_OUTLINE = 1  # contour width (voxels) of a segmentation shown with attention maps: the map reads inside it
 ATTENTION_NOTE = (
     "Attention maps show where each gate lets skip features through; "
     "they are not a faithful explanation of the network's decision."
@@ -73,13 +84,32 @@ def layer_class_names(layer) -> dict[int, str]:
     return {int(i): str(n) for i, n in zip(index, features[column], strict=True) if str(n)}
 
 
+def attention_colormap():
+    """The attention maps' napari colormap (``ATTENTION_COLORS``): transparent at 0, warm and two-thirds opaque
+    at 1."""
+    from napari.utils.colormaps import Colormap
+
+    controls, colors = zip(*ATTENTION_COLORS, strict=True)
+    return Colormap(colors=list(colors), controls=list(controls), name=ATTENTION_COLORMAP,
+                    display_name="attention (clear at 0)")
+
+
 def attention_appearance() -> dict:
+    """One attention map over a greyscale scan: the colormap's own alpha does the blending (translucent)."""
     return {
-        "colormap": ATTENTION_COLORMAP,
-        "blending": "additive",
-        "opacity": 0.6,
+        "colormap": attention_colormap(),
+        "blending": "translucent",
+        "opacity": 1.0,
         "contrast_limits": (0.0, 1.0),
     }
+
+
+def show_one_level(layers: dict[int, object], level: int) -> None:
+    """Of the attention layers ``level -> layer`` of one image, make ``level``'s the only visible one, with its
+    colour bar (0-1) on the canvas."""
+    for each, layer in layers.items():
+        layer.visible = each == level
+        layer.colorbar.visible = each == level
 
 
 def class_volumes_ml(labels: np.ndarray, class_names: tuple[str, ...], affine: np.ndarray) -> dict[str, float]:

@@ -20,12 +20,14 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from ._fit import ScrollingContainer
 from ._layers import (
     ATTENTION_NOTE,
+    LABELS_OUTLINE,
     attention_appearance,
     attention_layer_name,
     class_volumes_ml,
     labels_appearance,
     placed,
     segmentation_layer_name,
+    show_one_level,
 )
 from ._orientation import DisplayTransform, file_order
 from ._state import SegmentationRun, state_for
@@ -349,8 +351,13 @@ class SegmentWidget(ScrollingContainer):
         slice_only = request["slice_only"]
         if slice_only is not None:
             result = _as_volume_slice(result, slice_only, source.volume.shape)
-        labels_name = self._show_labels(layer, source, result, slice_only)
+        before = {each.name for each in self._viewer.layers}
+        # maps first, so the segmentation sits above them in the layer list; outlined when maps or it are new,
+        # so the map reads inside (the user can fill it again in the layer controls: contour 0)
         attention_names = self._show_attention(layer, source, result)
+        labels_name = self._show_labels(layer, source, result, slice_only)
+        if attention_names and not before >= {labels_name, *attention_names.values()}:
+            self._viewer.layers[labels_name].contour = LABELS_OUTLINE
         uncertain = self._show_uncertainty(layer, source, result, request) if request["uncertainty"] else ""
         if request["probabilities"]:
             self._show_probabilities(layer, source, result)
@@ -542,9 +549,9 @@ def describe_model(checkpoint: Checkpoint) -> str:
 
 def show_attention_layers(viewer, layer, source: ImageSource, attention: dict, prefix: str = "") -> dict[int, str]:
     """One image layer per gate level over ``layer`` (replaced in place on re-runs, keeping their visibility);
-    returns level -> name. New layers: only the finest level is visible, so the scan still reads under it."""
-    names = {}
-    shown = min(attention, default=None)
+    returns level -> name. When a level's layer is new, one level is shown: the one already visible, else the
+    finest, with its colour bar; the others are added hidden, so the scan still reads under the map."""
+    names, layers, added = {}, {}, False
     for level, attention_map in attention.items():
         name = prefix + attention_layer_name(level, attention_map.factor)
         affine = attention_map.geometry.affine(source.affine)
@@ -561,10 +568,15 @@ def show_attention_layers(viewer, layer, source: ImageSource, attention: dict, p
             existing.data = data
             existing.scale, existing.translate = placement["scale"], placement["translate"]
             existing.metadata = metadata
+            layers[level] = existing
         else:
-            viewer.add_image(data, name=name, metadata=metadata, visible=level == shown, **placement,
-                             **attention_appearance())
+            layers[level] = viewer.add_image(data, name=name, metadata=metadata, visible=False, **placement,
+                                             **attention_appearance())
+            added = True
         names[level] = name
+    if added:
+        shown = [level for level, each in sorted(layers.items()) if each.visible]
+        show_one_level(layers, shown[0] if shown else min(layers))
     return names
 
 

@@ -66,9 +66,9 @@ def test_segment_then_compare_end_to_end(make_napari_viewer, qtbot, phantom_path
     viewer, image, widget = _segmented(make_napari_viewer, qtbot, phantom_path)
 
     names = [layer.name for layer in viewer.layers]
-    assert names == [
-        "phantom", "phantom segmentation", "phantom attention L1 (1/1)", "phantom attention L2 (1/2)",
-        "phantom attention L3 (1/4)",
+    assert names == [  # the segmentation above the maps: its outline stays on top
+        "phantom", "phantom attention L1 (1/1)", "phantom attention L2 (1/2)", "phantom attention L3 (1/4)",
+        "phantom segmentation",
     ]
     labels = viewer.layers["phantom segmentation"]
     assert labels.data.shape == image.data.shape
@@ -85,7 +85,7 @@ def test_segment_then_compare_end_to_end(make_napari_viewer, qtbot, phantom_path
     for level, attention in reference.attention.items():
         layer = viewer.layers[f"phantom attention L{level} (1/{attention.factor})"]
         assert layer.data.size == attention.data.size  # native resolution, no upsampled copy
-        assert layer.blending == "additive" and tuple(layer.contrast_limits) == (0.0, 1.0)
+        assert layer.blending == "translucent" and tuple(layer.contrast_limits) == (0.0, 1.0)
         level_affine = attention.geometry.affine(AFFINE)
         # Every sampled cell sits, in napari's world, exactly where the engine's geometry puts it.
         for _ in range(20):
@@ -121,13 +121,14 @@ def test_segment_then_compare_end_to_end(make_napari_viewer, qtbot, phantom_path
     assert all(0 <= float(row[2]) <= 100 and 0 <= float(row[5]) <= 1 for row in table)
     assert "focuses most" in compare._verdict.value
 
-    compare._levels.value = [1, 3]
+    compare._level.value = 3
     compare.show_side_by_side()
-    assert viewer.canvas.grid.enabled
-    assert viewer.layers["phantom attention L1 (1/1)"].visible
-    assert not viewer.layers["phantom attention L2 (1/2)"].visible
+    assert viewer.canvas.grid.enabled and compare._grid.value
+    assert all(viewer.layers[f"phantom attention L{k} (1/{2 ** (k - 1)})"].visible for k in (1, 2, 3))
     compare.show_overlay()
     assert not viewer.canvas.grid.enabled and viewer.layers["phantom"].visible
+    assert [layer.name for layer in viewer.layers if "attention" in layer.name and layer.visible] == [
+        "phantom attention L3 (1/4)"]
 
     written = compare.export_nifti(tmp_path)
     assert [p.name for p in written] == ["level1.nii.gz", "level2.nii.gz", "level3.nii.gz"]
@@ -163,10 +164,11 @@ def test_two_images_segmented_one_after_the_other_keep_both_sets_of_layers(
     # the first scan segmented again: its new layers join it, below the second scan's, not on top of the list
     widget._image.value = first
     _segment(widget, qtbot)
-    group = ["segmentation", "attention L1 (1/1)", "attention L2 (1/2)", "attention L3 (1/4)"]
+    group = ["attention L1 (1/1)", "attention L2 (1/2)", "attention L3 (1/4)", "segmentation"]
     assert [layer.name for layer in viewer.layers] == [
         "phantom", *(f"phantom {name}" for name in group), "second", *(f"second {name}" for name in group)]
     assert compare._image.value == "phantom"
+    viewer.layers.selection.active = viewer.layers["phantom"]
     viewer.layers.selection.active = viewer.layers["second segmentation"]  # Compare follows the layer list
     assert compare._image.value == "second"
     tables = {}
@@ -179,8 +181,9 @@ def test_two_images_segmented_one_after_the_other_keep_both_sets_of_layers(
 
 def test_compare_docked_first_follows_the_segmentation_and_one_level_shows(
         make_napari_viewer, qtbot, phantom_path, monkeypatch):
-    """Compare opens with the new segmentation's image and all its levels chosen and its table filled; of the
-    attention layers only the finest is visible; *Overlay* with no level chosen changes nothing and says why."""
+    """Compare opens with the new segmentation's image and its finest level chosen and its table filled; of the
+    attention layers only the finest is visible; with the maps deleted, showing a level changes nothing and says
+    why."""
     from napari_aunet import _attention_widget as module
 
     viewer = make_napari_viewer()
@@ -191,11 +194,11 @@ def test_compare_docked_first_follows_the_segmentation_and_one_level_shows(
     viewer.window.add_dock_widget(widget)
     widget._image.value = image
     _segment(widget, qtbot, model="phantom", plane="axial")
-    assert compare._image.value == "phantom" and compare._levels.value == [1, 2, 3]
+    assert compare._image.value == "phantom" and compare._level.value == 1
     assert [row[0] for row in compare._table.value["data"]] == ["L1", "L2", "L3"]
     assert all(len(row[3]) == 4 for row in compare._table.value["data"])  # "0.37", not "0.3700" or 3.7e-01
     visible = [layer.name for layer in viewer.layers if layer.visible]
-    assert visible == ["phantom", "phantom segmentation", "phantom attention L1 (1/1)"]
+    assert visible == ["phantom", "phantom attention L1 (1/1)", "phantom segmentation"]
     # a class the user paints beyond the model's two gets a colour of its own, not transparent or grey
     colours = viewer.layers["phantom segmentation"].colormap.map(np.array([0, 1, 2, 3, 9, 200]))
     assert colours[0, 3] == 0 and np.all(colours[1:, 3] == 1)
@@ -203,9 +206,13 @@ def test_compare_docked_first_follows_the_segmentation_and_one_level_shows(
 
     messages = []
     monkeypatch.setattr(module, "show_warning", messages.append)
-    compare._levels.value = []
+    for level, factor in ((1, 1), (2, 2), (3, 4)):
+        viewer.layers.remove(f"phantom attention L{level} (1/{factor})")
+    visible = [layer.name for layer in viewer.layers if layer.visible]
     compare.show_overlay()
-    assert "Choose at least one level" in messages[-1]
+    assert "attention layers were deleted" in messages[-1]
+    compare.show_side_by_side()
+    assert "attention layers were deleted" in messages[-1] and not viewer.canvas.grid.enabled
     assert [layer.name for layer in viewer.layers if layer.visible] == visible
 
 
