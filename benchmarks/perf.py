@@ -15,6 +15,12 @@ the standard library) and the scans ship in resources/samples. Sections (``--onl
             the child's peak RSS (os.wait4); "x MONAI fp32" = MONAI fp32's median time / the row's (>1:
             faster than MONAI); Dice of each of our rows' labels against our fp32 one-view labels (mean
             over the foreground classes present).
+  accuracy  In process, on a head no model here trained on: the ROBEX head (1.5 mm, skull, face, neck) as it
+            is, turned by 15 degrees and with 3 mm slices (benchmarks/brain_heads.py's cases), brain model,
+            1 and 3 views. "before" = the engine as it was (BatchNorm not folded, NCHW, the whole field of
+            view), fp32; "now" = the default engine (folded, channels-last, the air skipped) at fp32 and at
+            bf16: brain Dice against the head's ROBEX brain mask (every non-background voxel, and the
+            largest-component mask of --brain-mask), the labels' Dice against "before", and the seconds.
   network   In process: Segmenter.segment (2d, one view, attention returned) on a random float32
             48x224x192 volume for batch sizes 1-16, and MONAI's network called on the same slices: ms per
             slice, FLOPs per 224x192 slice (torch.utils.flop_counter), GFLOP/s, and that as a share of
@@ -63,7 +69,7 @@ SAMPLES = ROOT / "resources" / "samples"
 MNI_T1 = SAMPLES / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 ROBEX_T1 = SAMPLES / "robex_head_t1.nii.gz"
 MONAI_WORKER = ROOT / "benchmarks" / "monai_segment.py"
-SECTIONS = ("machine", "cli", "network", "sliding3d", "click", "finetune", "bigct")
+SECTIONS = ("machine", "cli", "accuracy", "network", "sliding3d", "click", "finetune", "bigct")
 CPU_FLAGS = ("avx512_bf16", "amx_bf16", "avx512_vnni", "avx512f")
 MiB = 1024 * 1024
 
@@ -291,6 +297,48 @@ def section_cli(args: argparse.Namespace, folder: Path) -> list[dict]:
 CLI_COLUMNS = [("scan", "scan", ""), ("command", "command", ""), ("median s", "median_s", ".2f"),
                ("min s", "min_s", ".2f"), ("peak RSS MiB", "peak_rss_mib", ".0f"),
                ("x MONAI fp32", "vs_monai_fp32", ".2f"), ("Dice vs ours fp32", "dice_vs_ours_fp32", ".4f")]
+
+
+def section_accuracy(args: argparse.Namespace) -> list[dict]:
+    from brain_heads import score_brain, thick_slices, turned
+
+    from napari_aunet.engine.bundled import load_model
+    from napari_aunet.engine.inference import Segmenter
+    from napari_aunet.training_data import robex, spacing_of
+
+    head = robex()
+    cases = {"ROBEX head": (head.image, head.labels), "ROBEX turned 15 deg": turned(head)[:2],
+             "ROBEX 3 mm slices": thick_slices(head)[:2]}
+    affines = {"ROBEX head": head.affine, "ROBEX turned 15 deg": head.affine,
+               "ROBEX 3 mm slices": thick_slices(head)[2]}
+    checkpoint = load_model("brain")
+    engines = [("before, fp32", "fp32", False), ("now, fp32", "fp32", True)]
+    engines += [("now, bf16", "bf16", True)] if native_bf16() else []
+    rows = []
+    for case, (image, labels) in cases.items():
+        spacing = spacing_of(affines[case])
+        for views in (1, 3):
+            reference = None
+            for name, precision, fast in engines:
+                segmenter = Segmenter(checkpoint, device="cpu", precision=precision)
+                segmenter.fuse = fast
+                started = time.perf_counter()
+                result = segmenter.segment(image, mode="2d", axis=2, spacing=spacing, views=views, crop=fast,
+                                           return_attention=False)
+                seconds = time.perf_counter() - started
+                reference = result.labels if reference is None else reference
+                scores = score_brain(result.labels, labels > 0, spacing)
+                rows.append({"case": case, "views": views, "engine": name, "seconds": round(seconds, 2),
+                             "brain_dice": round(scores["brain Dice"], 4), "mask_dice": round(scores["mask Dice"], 4),
+                             "dice_vs_before": round(dice(result.labels, reference), 4)})
+                print(f"  accuracy {case} {views} view(s) {name}: brain Dice {rows[-1]['brain_dice']}, "
+                      f"{seconds:.1f} s", flush=True)
+    return rows
+
+
+ACCURACY_COLUMNS = [("case", "case", ""), ("views", "views", "d"), ("engine", "engine", ""),
+                    ("brain Dice", "brain_dice", ".4f"), ("mask Dice", "mask_dice", ".4f"),
+                    ("labels Dice vs before", "dice_vs_before", ".4f"), ("s", "seconds", ".2f")]
 
 
 def flops_per_slice(network, shape: tuple[int, int], **kwargs) -> int:
@@ -608,6 +656,10 @@ def main() -> None:
                 results["cli"] = section_cli(args, folder)
                 title = f"whole process, brain-model widths, {args.threads} threads, {args.runs} rounds"
                 shown = [table(title, CLI_COLUMNS, results["cli"])]
+            elif name == "accuracy":
+                results["accuracy"] = section_accuracy(args)
+                shown = [table("held-out head: the engine before and now, brain model", ACCURACY_COLUMNS,
+                               results["accuracy"])]
             elif name == "network":
                 results.update(section_network(args))
                 shown = [table("convolution ceiling (F.conv2d 3x3, 64 -> 64 channels, 224x192)",

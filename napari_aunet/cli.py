@@ -90,7 +90,8 @@ def cmd_segment_cohort(args: argparse.Namespace) -> int:
     threads = max(1, (os.cpu_count() or 1) // workers) if args.dask == "local" else None
     options = CohortOptions(model=args.model, device=args.device, precision=args.precision,
                             batch_size=args.batch_size, mode=args.mode, axis=args.axis, views=args.views,
-                            nan=args.nan, roi_size=args.roi_size, overlap=args.overlap, threads=threads)
+                            nan=args.nan, roi_size=args.roi_size, overlap=args.overlap, threads=threads,
+                            crop=args.crop)
     report = _progress_printer("segment", args.quiet)
     started = time.perf_counter()
     rows = run_cohort(scans, args.output, options, dask=args.dask, workers=workers, progress=report,
@@ -143,6 +144,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         spacing=scan.spacing,
         views=args.views,
         nan=args.nan,
+        crop=args.crop,
         progress=_progress_printer("segment", args.quiet),
     )
     if result.non_finite:
@@ -648,6 +650,9 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--nan", choices=("background", "refuse"), default="background",
                          help="NaN or infinite voxels: segment them as the scan's minimum and say how many "
                               "(background, the default) or refuse the scan (refuse)")
+    segment.add_argument("--no-crop", dest="crop", action="store_false",
+                         help="run the network on the whole field of view; by default it skips the slices and the "
+                              "air around the scanned object (labelled background, attention 0 there)")
     segment.add_argument("--roi-size", type=int, default=96, help="3d window size in voxels (default 96)")
     segment.add_argument("--overlap", type=float, default=0.25, help="3d window overlap fraction (default 0.25)")
     segment.add_argument("--batch-size", type=int, default=8, help="slices or windows per batch (default 8)")

@@ -51,6 +51,7 @@ class CohortOptions:
     roi_size: int = 96
     overlap: float = 0.25
     threads: int | None = None  # torch threads per task (per worker)
+    crop: bool = True  # skip the air around the scanned object
 
     def settings(self, model_digest: str) -> dict:
         """What decides the output: a scan segmented with other settings is segmented again."""
@@ -162,7 +163,7 @@ def segment_one(scan: str | os.PathLike, output: str | os.PathLike, options: Coh
         axis = _slicing_axis(options.axis, loaded) if mode == "2d" else 0
         notes = [note for note in (domain_warning(volume, config.modality),) if note]
         result = segmenter.segment(volume, mode=mode, axis=axis, roi_size=options.roi_size, overlap=options.overlap,
-                                   spacing=loaded.spacing, views=options.views, nan=options.nan)
+                                   spacing=loaded.spacing, views=options.views, nan=options.nan, crop=options.crop)
         if result.non_finite:
             notes.append(f"{result.non_finite} NaN or infinite voxel(s) segmented as the scan's minimum")
         save_labels(output, result.labels, reference=loaded)

@@ -27,6 +27,27 @@ def phantom_file(tmp_path_factory):
     return image, labels
 
 
+def test_segment_skips_the_air_around_the_scan_unless_told_not_to(phantom_file, tmp_path):
+    """A phantom with 12 empty slices on each side: by default the network never runs there (background labels,
+    attention 0); --no-crop runs it on the whole field of view."""
+    source = nib.load(phantom_file[0])
+    data = np.asarray(source.dataobj)
+    padded = np.pad(data, [(0, 0), (0, 0), (12, 12)], constant_values=int(data.min()))
+    scan = tmp_path / "padded.nii.gz"
+    nib.save(nib.Nifti1Image(padded, source.affine), scan)
+    maps = {}
+    for flag in ([], ["--no-crop"]):
+        out, folder = tmp_path / f"seg{len(flag)}.nii.gz", tmp_path / f"maps{len(flag)}"
+        assert main(["segment", str(scan), "-o", str(out), "--model", "phantom", "--axis", "2", "--device", "cpu",
+                     "--attention-dir", str(folder), "-q", *flag]) == 0
+        labels = np.asarray(nib.load(out).dataobj)
+        assert labels.shape == padded.shape and labels[..., 12:-12].any()
+        assert not labels[..., :12].any() and not labels[..., -12:].any()
+        maps[len(flag)] = np.asarray(nib.load(folder / "level1.nii.gz").dataobj)
+    assert not maps[0][..., :12].any() and maps[1][..., :12].any()
+    assert maps[0].shape == maps[1].shape
+
+
 def test_phantom_command_writes_aligned_image_and_labels(phantom_file):
     image, labels = (load_scan(p) for p in phantom_file)
     assert image.data.shape == labels.data.shape == (40, 64, 23)
