@@ -15,6 +15,9 @@ the standard library) and the scans ship in resources/samples. Sections (``--onl
             the child's peak RSS (os.wait4); "x MONAI fp32" = MONAI fp32's median time / the row's (>1:
             faster than MONAI); Dice of each of our rows' labels against our fp32 one-view labels (mean
             over the foreground classes present).
+  steps     In process: the MNI T1 cut to 181x217x181, brain model, one view, fp32, the engine's steps
+            switched on one by one (BatchNorm folded, channels-last, the air skipped), run in turn for
+            --runs rounds: median seconds, ratio to the first, labels Dice against the first.
   accuracy  In process, on a head no model here trained on: the ROBEX head (1.5 mm, skull, face, neck) as it
             is, turned by 15 degrees and with 3 mm slices (benchmarks/brain_heads.py's cases), brain model,
             1 and 3 views. "before" = the engine as it was (BatchNorm not folded, NCHW, the whole field of
@@ -69,7 +72,7 @@ SAMPLES = ROOT / "resources" / "samples"
 MNI_T1 = SAMPLES / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 ROBEX_T1 = SAMPLES / "robex_head_t1.nii.gz"
 MONAI_WORKER = ROOT / "benchmarks" / "monai_segment.py"
-SECTIONS = ("machine", "cli", "accuracy", "network", "sliding3d", "click", "finetune", "bigct")
+SECTIONS = ("machine", "cli", "steps", "accuracy", "network", "sliding3d", "click", "finetune", "bigct")
 CPU_FLAGS = ("avx512_bf16", "amx_bf16", "avx512_vnni", "avx512f")
 MiB = 1024 * 1024
 
@@ -297,6 +300,41 @@ def section_cli(args: argparse.Namespace, folder: Path) -> list[dict]:
 CLI_COLUMNS = [("scan", "scan", ""), ("command", "command", ""), ("median s", "median_s", ".2f"),
                ("min s", "min_s", ".2f"), ("peak RSS MiB", "peak_rss_mib", ".0f"),
                ("x MONAI fp32", "vs_monai_fp32", ".2f"), ("Dice vs ours fp32", "dice_vs_ours_fp32", ".4f")]
+
+
+STEPS = (("before: BatchNorm apart, NCHW, whole field of view", False, False, False),
+         ("+ BatchNorm folded into the convolutions", True, False, False),
+         ("+ channels-last", True, True, False),
+         ("+ the air skipped", True, True, True))
+
+
+def section_steps(args: argparse.Namespace, folder: Path) -> list[dict]:
+    from napari_aunet.engine.bundled import load_model
+    from napari_aunet.engine.inference import Segmenter
+
+    volume = np.asarray(nib.load(make_t1(folder)).dataobj)
+    checkpoint = load_model("brain")
+    segmenters = []
+    for _, fold, channels_last, crop in STEPS:
+        segmenter = Segmenter(checkpoint, device="cpu", precision="fp32")
+        segmenter.fuse, segmenter.channels_last = fold, channels_last
+        segmenter.segment(volume[:, :, :8], axis=2, views=1, crop=crop)  # oneDNN's set-up, once each
+        segmenters.append((segmenter, crop))
+    times: list[list[float]] = [[] for _ in STEPS]
+    labels: list[np.ndarray | None] = [None] * len(STEPS)
+    for _ in range(args.runs):
+        for index, (segmenter, crop) in enumerate(segmenters):
+            started = time.perf_counter()
+            labels[index] = segmenter.segment(volume, axis=2, views=1, crop=crop, return_attention=False).labels
+            times[index].append(time.perf_counter() - started)
+    first = statistics.median(times[0])
+    return [{"engine": name, "median_s": round(statistics.median(spent), 3),
+             "ratio": round(statistics.median(spent) / first, 3), "dice_vs_before": round(dice(found, labels[0]), 4)}
+            for (name, *_), spent, found in zip(STEPS, times, labels, strict=True)]
+
+
+STEPS_COLUMNS = [("engine", "engine", ""), ("median s", "median_s", ".2f"), ("x before", "ratio", ".2f"),
+                 ("labels Dice vs before", "dice_vs_before", ".4f")]
 
 
 def section_accuracy(args: argparse.Namespace) -> list[dict]:
@@ -656,6 +694,10 @@ def main() -> None:
                 results["cli"] = section_cli(args, folder)
                 title = f"whole process, brain-model widths, {args.threads} threads, {args.runs} rounds"
                 shown = [table(title, CLI_COLUMNS, results["cli"])]
+            elif name == "steps":
+                results["steps"] = section_steps(args, folder)
+                shown = [table(f"the engine's steps one by one, MNI T1 181x217x181, fp32, {args.threads} threads, "
+                               f"{args.runs} rounds", STEPS_COLUMNS, results["steps"])]
             elif name == "accuracy":
                 results["accuracy"] = section_accuracy(args)
                 shown = [table("held-out head: the engine before and now, brain model", ACCURACY_COLUMNS,

@@ -35,6 +35,9 @@ class Normalization:
             raise ValueError(f"normalisation needs lower < upper, got {self.lower} and {self.upper}")
 
 
+GATE_GRIDS = ("fine", "coarse", "interpolated")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture of an (Attention) U-Net.
@@ -54,7 +57,10 @@ class ModelConfig:
     normalization: Normalization = field(default_factory=Normalization)
     spacing: tuple[float, ...] | None = None  # training voxel spacing in mm, in the file's own axis order
     # "fine": the gate at the skip's own grid with g = the upsampled decoder features (DESIGN.md);
-    # "coarse": Oktay et al.'s gate at the coarser grid (strided W_x, g = the coarser features, psi upsampled)
+    # "coarse": Oktay et al.'s gate at the coarser grid (strided W_x, g = the coarser features, psi upsampled);
+    # "interpolated": the gate at the skip's own grid with g = the coarser features, 1x1-projected and resized
+    # bilinearly to the skip's grid (as Oktay et al. resize g): psi carries no 2-pixel pattern of the transposed
+    # convolution's four kernel positions
     gate_grid: str = "fine"
     # 2D models: how many slicing axes a 3D scan is segmented along by default (1 = the chosen axis only, 3 = all
     # three with their probabilities averaged, for a model trained on slices of all three axes)
@@ -74,8 +80,8 @@ class ModelConfig:
             object.__setattr__(self, "normalization", Normalization(**self.normalization))
         if self.spacing is not None:
             object.__setattr__(self, "spacing", tuple(float(s) for s in self.spacing))
-        if self.gate_grid not in ("fine", "coarse"):
-            raise ValueError(f"gate_grid must be 'fine' or 'coarse', got {self.gate_grid!r}")
+        if self.gate_grid not in GATE_GRIDS:
+            raise ValueError(f"gate_grid must be one of {', '.join(GATE_GRIDS)}, got {self.gate_grid!r}")
         if self.modality not in ("", "mri", "ct"):
             raise ValueError(f"modality must be 'mri', 'ct' or empty, got {self.modality!r}")
         if self.decision not in ("argmax", "foreground"):

@@ -104,7 +104,8 @@ class CoarseAttentionGate(AttentionGate):
 
 
 class DecoderBlock(nn.Module):
-    """``up = ConvTranspose(stride 2)(below)``; ``skip = gate(x=skip, g=up)``; ``cat([up, skip])``; ConvBlock."""
+    """``up = ConvTranspose(stride 2)(below)``; ``skip = gate(x=skip, g=up)`` (``g=below`` for the coarse and the
+    interpolated gate); ``cat([up, skip])``; ConvBlock."""
 
     def __init__(
         self, spatial_dims: int, below_channels: int, skip_channels: int, gated: bool, gate_grid: str = "fine"
@@ -116,6 +117,9 @@ class DecoderBlock(nn.Module):
         self.gate: nn.Module | None = None
         if gated and gate_grid == "coarse":
             self.gate = CoarseAttentionGate(spatial_dims, skip_channels, below_channels)
+        elif gated and gate_grid == "interpolated":
+            # g = the coarser features; coefficients() resizes W_g g bilinearly to the skip's grid
+            self.gate = AttentionGate(spatial_dims, skip_channels, below_channels)
         elif gated:
             self.gate = AttentionGate(spatial_dims, skip_channels, skip_channels)
         self.conv = ConvBlock(spatial_dims, 2 * skip_channels, skip_channels)
@@ -124,7 +128,7 @@ class DecoderBlock(nn.Module):
         up = self.up(below)
         psi = None
         if self.gate is not None:
-            skip, psi = self.gate(skip, below if self.gate_grid == "coarse" else up)
+            skip, psi = self.gate(skip, up if self.gate_grid == "fine" else below)
         return self.conv(torch.cat([up, skip], dim=1)), psi
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -200,3 +202,36 @@ def test_coarse_grid_gate_variant_gives_maps_on_the_same_grids(spatial_dims, sha
         assert psi.shape[2:] == tuple(-(-n // factor) for n in shape)
         assert 0.0 <= float(psi.min()) and float(psi.max()) <= 1.0
     assert count_parameters(model) != count_parameters(tiny_model(spatial_dims, gated_levels=(1, 2)))
+
+
+def nyquist_share(image: np.ndarray) -> float:
+    """Share of a 2D map's energy (its mean removed) at the 2-pixel period along either axis: the dot grid a
+    stride-2 transposed convolution leaves when its four kernel positions differ."""
+    centred = image.astype(np.float64) - image.mean()
+    if centred.std() < 1e-4:  # flat to float rounding: no pattern at all
+        return 0.0
+    power = np.abs(np.fft.fft2(centred)) ** 2
+    rows, cols = centred.shape
+    at_nyquist = power[rows // 2, :].sum() + power[:, cols // 2].sum() - power[rows // 2, cols // 2]
+    return float(at_nyquist / max(power.sum(), 1e-30))
+
+
+@pytest.mark.parametrize("gate_grid", ["interpolated", "coarse"])
+def test_gates_fed_by_the_coarser_features_leave_no_dot_grid_on_a_constant_scan(gate_grid):
+    """The 'fine' gate takes its gating signal from the transposed convolution's output, whose four kernel
+    positions paint a 2-pixel pattern over a featureless scan; gating from the coarser features resized
+    bilinearly (or at the coarser grid) does not."""
+    torch.manual_seed(0)
+    config = ModelConfig(widths=(8, 16, 32, 64), out_channels=2, class_names=("a", "b"))
+    flat = torch.full((1, 1, 192, 192), 0.5)
+    shares = {}
+    for grid in ("fine", gate_grid):
+        torch.manual_seed(0)
+        model = AttentionUNet(replace(config, gate_grid=grid)).eval()
+        with torch.no_grad():
+            _, attention = model(flat, return_attention=True)
+        # the middle half, away from the zero-padded border, where the scan really is constant
+        shares[grid] = {level: nyquist_share(psi[0, 0, m // 4 : -m // 4, m // 4 : -m // 4].numpy())
+                        for level, psi in attention.items() for m in [psi.shape[-1]]}
+    assert max(shares["fine"][1], shares["fine"][2]) > 0.5  # the artefact, where it comes from
+    assert all(share < 0.05 for share in shares[gate_grid].values()), shares[gate_grid]
