@@ -376,6 +376,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise CommandError(f"output '{output}' must end with .safetensors")
     if args.steps is None and args.time_budget is None:
         args.steps = 200
+    _check_records(args)  # before any rank starts or anything is read
     images, labels = _training_files(args)
     device, rank, world = _device(args.device), 0, 1
     if args.distributed:
@@ -390,6 +391,34 @@ def cmd_train(args: argparse.Namespace) -> int:
         return code
     finally:
         dist.destroy_process_group()
+
+
+def _check_records(args: argparse.Namespace) -> None:
+    """``--log-dir``/``--log-every`` usable: TensorBoard installed, a step count of at least 1."""
+    if args.log_dir is None:
+        if args.log_every is not None:
+            raise CommandError("--log-every needs --log-dir")
+        return
+    if args.log_every is not None and args.log_every < 1:
+        raise CommandError(f"--log-every takes a number of steps of at least 1, got {args.log_every}")
+    from .engine.records import INSTALL_HINT, RecordsUnavailable, require_tensorboard
+
+    try:
+        require_tensorboard()
+    except RecordsUnavailable as error:
+        raise CommandError(f"--log-dir needs TensorBoard: {INSTALL_HINT}") from error
+
+
+def _open_records(args: argparse.Namespace, rank: int):
+    """The run's TensorBoard records (rank 0 only), or None without --log-dir."""
+    if args.log_dir is None or rank > 0:
+        return None
+    from .engine.records import TensorBoardRecords
+
+    try:
+        return TensorBoardRecords(args.log_dir, every=args.log_every or 10)
+    except OSError as error:
+        raise CommandError(f"cannot write records in '{args.log_dir}': {error.strerror or error}") from error
 
 
 def _train(args, output: Path, images: list[str], labels: list[str], device, rank: int, world: int) -> int:
@@ -436,8 +465,13 @@ def _train(args, output: Path, images: list[str], labels: list[str], device, ran
                                 val_fraction=args.val_fraction, seed=args.seed, from_scratch=args.init == "none",
                                 precision=args.precision)
     report = _progress_printer("train", args.quiet or rank > 0)
-    result = fine_tune(model, pairs, settings, device=str(device), class_names=class_names,
-                       progress=(lambda step, total, loss, dice: report(step, total or step)) if report else None)
+    records = _open_records(args, rank)
+    try:
+        result = fine_tune(model, pairs, settings, device=str(device), class_names=class_names, observer=records,
+                           progress=(lambda step, total, loss, dice: report(step, total or step)) if report else None)
+    finally:
+        if records is not None:
+            records.close()
     identical = True
     if world > 1:  # DistributedDataParallel keeps the ranks in step: check that they really end identical
         import torch.distributed as dist
@@ -711,6 +745,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="held-out share of annotated slices (at least one when there are two or more)")
     train.add_argument("--axis", default="auto", help="slicing axis in file order (auto = axial)")
     train.add_argument("--device", default="auto")
+    train.add_argument("--log-dir", metavar="DIR",
+                       help="write TensorBoard records here (open them with tensorboard --logdir DIR): loss, running "
+                            "Dice and learning rate, held-out Dice/IoU per class, each gated level's attention on "
+                            "one slice; needs pip install 'napari-aunet[tensorboard]'")
+    train.add_argument("--log-every", type=int, metavar="N",
+                       help="with --log-dir: the training scalars every N steps (default 10)")
     train.add_argument("-q", "--quiet", action="store_true")
     train.set_defaults(handler=cmd_train)
 

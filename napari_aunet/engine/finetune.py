@@ -160,6 +160,62 @@ class FineTuneResult:
         }
 
 
+@dataclass(frozen=True)
+class RunStart:
+    """What a run trains, as a :class:`TrainingObserver` sees it just before the first step."""
+
+    model: AttentionUNet  # the network being trained (never its DistributedDataParallel wrapper): read it only
+    pairs: list[TrainingPair]  # at the model's spacing, as trained on
+    normalized: list[np.ndarray] | None  # each pair's image as the network sees it; None for a click model
+    train_slices: dict[int, list[int]]  # pair index -> slices trained on (every rank's, before sharing)
+    val_slices: dict[int, list[int]]  # pair index -> held-out slices
+    settings: FineTuneSettings  # every default resolved
+    before: dict  # held-out scores of the model before training (``evaluate``'s, merged over the pairs)
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One training step, as a :class:`TrainingObserver` sees it."""
+
+    step: int
+    total: int | None  # the steps asked for; None with a time budget only
+    loss: float  # this step's batch loss
+    running_loss: float  # smoothed, as the checkpoint's history and ``progress`` report it
+    running_dice: float  # smoothed Dice on the training batches (NaN until a class was seen)
+    learning_rate: float  # the rate this step was taken with
+    seconds: float  # training time so far
+
+
+@dataclass(frozen=True)
+class HeldOutCheck:
+    """A check of the network on the held-out slices during a run (2D segmentation models)."""
+
+    step: int
+    seconds: float
+    scores: dict  # {"dice": {class: v}, "iou": {class: v}, "mean_dice": x}, this rank's
+    model: AttentionUNet  # the network at this step: read it only (eval mode, no gradients), never train it
+
+
+class TrainingObserver:
+    """Receives a run's events beyond ``progress``: subclass it and override what you need (each is a no-op here).
+
+    Called in the training thread, on every rank of a distributed run, between steps: the time taken counts
+    against a time budget.
+    """
+
+    def started(self, start: RunStart) -> None:
+        """Before the first step."""
+
+    def stepped(self, record: StepRecord) -> None:
+        """After each step."""
+
+    def checked(self, check: HeldOutCheck) -> None:
+        """After each held-out check."""
+
+    def finished(self, result: FineTuneResult) -> None:
+        """When the run has ended, cancelled or not (not when its generator is closed)."""
+
+
 def split_slices(slices: list[int], val_fraction: float, rng: np.random.Generator) -> tuple[list[int], list[int]]:
     """Hold out ``val_fraction`` of the slices (at least one when two or more and the fraction > 0)."""
     if val_fraction <= 0 or len(slices) < 2:
@@ -465,13 +521,16 @@ def fine_tune(
     progress: Callable[[int, int | None, float, float], None] | None = None,
     cancel: CancelFlag = None,
     class_names: Sequence[str] | None = None,
+    observer: TrainingObserver | None = None,
 ) -> FineTuneResult:
     """Train a copy of ``model`` on the annotated slices of ``pairs``; ``model`` itself is never changed.
 
-    ``progress(step, total_steps or None, loss, running_dice)`` after each step. On cancel the result's
+    ``progress(step, total_steps or None, loss, running_dice)`` after each step; ``observer`` sees more (the
+    learning rate, the held-out checks with the network: :class:`TrainingObserver`). On cancel the result's
     ``model`` is the original one (the old weights are kept) and ``cancelled`` is True.
     """
-    steps = iter_fine_tune(model, pairs, settings, device=device, cancel=cancel, class_names=class_names)
+    steps = iter_fine_tune(model, pairs, settings, device=device, cancel=cancel, class_names=class_names,
+                           observer=observer)
     try:
         while True:
             update = next(steps)
@@ -489,13 +548,15 @@ def iter_fine_tune(
     device: str = "cpu",
     cancel: CancelFlag = None,
     class_names: Sequence[str] | None = None,
+    observer: TrainingObserver | None = None,
 ) -> Generator[tuple[int, int | None, float, float], None, FineTuneResult]:
     """Generator form of :func:`fine_tune`: yields ``(step, total, loss, dice)`` after each step.
 
     ``class_names`` (background first) are the classes the labels hold; where they differ from the model's,
     the trained model gets a new head for them (:func:`engine.heads.with_classes`). Without them, labels
     beyond the model's classes get names ``label N``. Closing the generator (a GUI worker's cancel) stops
-    training; ``model`` is never modified, so the old weights are kept whatever happens.
+    training; ``model`` is never modified, so the old weights are kept whatever happens. ``observer``: see
+    :func:`fine_tune`.
     """
     pairs = list(pairs)
     clicks = is_click_model(model.config)
@@ -541,7 +602,7 @@ def iter_fine_tune(
 
     trained.eval()
     before = scores(model if clicks or not head.changed else trained)
-    validator = None
+    validator, normalized = None, None
     if not clicks:  # each scan normalised once, for the sampler and the held-out checks
         normalized = [normalize(p.image, trained.config.normalization) for p in pairs]
     if not clicks and trained.config.spatial_dims == 2 and settings.validations > 0:
@@ -564,6 +625,9 @@ def iter_fine_tune(
                             settings=settings, ranks=ranks.size if ranks else 1)
     best_score, best_state = -1.0, None
     next_validation = 1
+    if observer is not None:
+        observer.started(RunStart(model=trained, pairs=pairs, normalized=normalized, train_slices=train_slices,
+                                  val_slices=val_slices, settings=settings, before=before))
     started = time.perf_counter()
     step = 0
     running_loss = running_dice = None
@@ -579,10 +643,13 @@ def iter_fine_tune(
             next_validation = int(fraction * settings.validations) + 1
             if ranks is not None:
                 ranks.sync_buffers(trained)
-            score = validator.mean_dice(trained)
+            checked = validator.scores(trained)
+            score = checked["mean_dice"]
             if ranks is not None:
                 score = ranks.mean(score)  # one score, so every rank keeps the same best weights
             result.validation.append((step, round(elapsed, 2), round(score, 4)))
+            if observer is not None:
+                observer.checked(HeldOutCheck(step=step, seconds=elapsed, scores=checked, model=trained))
             if score > best_score:
                 best_score, best_state = score, copy.deepcopy(trained.state_dict())
                 result.best_step = step
@@ -595,8 +662,9 @@ def iter_fine_tune(
             result.cancelled = True
             break
         warmup = min(1.0, (step + 1) / 10)
+        learning_rate = settings.learning_rate * warmup * 0.5 * (1 + math.cos(math.pi * fraction))
         for group in optimizer.param_groups:
-            group["lr"] = settings.learning_rate * warmup * 0.5 * (1 + math.cos(math.pi * fraction))
+            group["lr"] = learning_rate
         images, targets = next(sampler)
         _set_training_mode(trained, settings.freeze_batchnorm)
         images_t, targets_t = torch.from_numpy(images).to(device), torch.from_numpy(targets).to(device)
@@ -616,19 +684,25 @@ def iter_fine_tune(
         result.logged_steps.append(step)
         result.loss.append(round(running_loss, 5))
         result.dice.append(round(running_dice if running_dice is not None else float("nan"), 4))
-        yield step, settings.steps, running_loss, running_dice if running_dice is not None else float("nan")
+        shown_dice = running_dice if running_dice is not None else float("nan")
+        if observer is not None:
+            observer.stepped(StepRecord(step=step, total=settings.steps, loss=value, running_loss=running_loss,
+                                        running_dice=shown_dice, learning_rate=learning_rate,
+                                        seconds=time.perf_counter() - started))
+        yield step, settings.steps, running_loss, shown_dice
     result.steps, result.seconds = step, time.perf_counter() - started
     result.train_slices = {pairs[i].name or str(i): v for i, v in train_slices.items()}
     result.val_slices = {pairs[i].name or str(i): v for i, v in val_slices.items()}
-    if result.cancelled:
-        return result
-    if ranks is not None:
-        ranks.sync_buffers(trained)
-    if best_state is not None:
-        trained.load_state_dict(best_state)
-    trained = trained.to(memory_format=torch.contiguous_format).eval()
-    result.model = trained
-    result.after = scores(trained)
+    if not result.cancelled:
+        if ranks is not None:
+            ranks.sync_buffers(trained)
+        if best_state is not None:
+            trained.load_state_dict(best_state)
+        trained = trained.to(memory_format=torch.contiguous_format).eval()
+        result.model = trained
+        result.after = scores(trained)
+    if observer is not None:
+        observer.finished(result)
     return result
 
 
@@ -648,8 +722,12 @@ class _HeldOutSlices:
         self.class_names, self.precision, self.decision = config.class_names, precision, config.decision
 
     def mean_dice(self, model: AttentionUNet) -> float:
+        return self.scores(model)["mean_dice"]
+
+    def scores(self, model: AttentionUNet) -> dict:
+        """Dice and IoU per class over every held-out plane together, and their mean Dice."""
         if not self.planes:
-            return float("nan")
+            return {"dice": {}, "iou": {}, "mean_dice": float("nan")}
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
@@ -661,7 +739,7 @@ class _HeldOutSlices:
                 targets.append(target)
         model.train(was_training)
         flat = np.concatenate([p.ravel() for p in predictions]), np.concatenate([t.ravel() for t in targets])
-        return _dice_iou(*flat, self.class_names)["mean_dice"]
+        return _dice_iou(*flat, self.class_names)
 
 
 def fresh_checkpoint(template: Checkpoint, seed: int = 0) -> Checkpoint:

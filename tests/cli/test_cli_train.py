@@ -132,18 +132,21 @@ def test_train_refuses_a_damaged_label_names_file(files, tmp_path, capsys):
 def test_torchrun_two_gloo_ranks_end_identical_with_one_checkpoint(files, tmp_path):
     """`aunet train --distributed` under torchrun: DistributedDataParallel on two CPU processes (Gloo), pairs from a
     CSV manifest; from scratch, so BatchNorm statistics move on every rank: the ranks still end with the same weights
-    and buffers, and rank 0 alone writes the checkpoint and the report."""
+    and buffers, and rank 0 alone writes the checkpoint, the report and the TensorBoard records (where installed)."""
+    import importlib.util
     import subprocess
     import sys
 
     folder, image, labels, _ = files
+    records = tmp_path / "records"
+    logging = ["--log-dir", str(records)] if importlib.util.find_spec("tensorboard") else []
     manifest = tmp_path / "pairs.csv"
     manifest.write_text(f"image,labels\n{image},{labels}\n{image},{labels}\n")
     out = tmp_path / "ranks" / "model.safetensors"
     out.parent.mkdir()
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                "-m", "napari_aunet.cli", "train", "--manifest", str(manifest), "-o", str(out), "--init", "none",
-               "--steps", "8", "--distributed", "-q"]
+               "--steps", "8", "--distributed", "-q", *logging]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout)  # one report: rank 0's
@@ -151,6 +154,8 @@ def test_torchrun_two_gloo_ranks_end_identical_with_one_checkpoint(files, tmp_pa
     assert [p.name for p in out.parent.iterdir()] == ["model.safetensors"]
     checkpoint = load_checkpoint(out)
     assert checkpoint.provenance["ranks"] == 2 and checkpoint.history["ranks"] == 2
+    if logging:
+        _event_file(records)  # one event file: rank 0's
 
 
 def test_pairs_from_folders_and_distributed_without_torchrun(files, tmp_path, capsys):
@@ -171,3 +176,81 @@ def test_pairs_from_folders_and_distributed_without_torchrun(files, tmp_path, ca
     assert main(["train", "--image", str(image), "--labels", str(labels), "-o", str(out), "--steps", "2",
                  "--distributed"]) == 2
     assert "--distributed runs under torchrun" in capsys.readouterr().err
+
+
+def _event_file(folder):
+    found = sorted(folder.glob("events.out.tfevents.*"))
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_train_log_dir_writes_tensorboard_records(files, tmp_path, capsys):
+    """--log-dir: the training scalars every --log-every steps and at the last one, the held-out scores at each
+    check, before/after, and each gated level's attention on one fixed slice, readable by TensorBoard itself."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing import event_accumulator
+
+    _, image, labels, _ = files
+    records = tmp_path / "records"
+    assert main(["train", "--image", str(image), "--labels", str(labels), "-o", str(tmp_path / "m.safetensors"),
+                 "--init", "phantom", "--steps", "5", "--log-dir", str(records), "--log-every", "2", "-q"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    history = load_checkpoint(tmp_path / "m.safetensors").history
+    events = event_accumulator.EventAccumulator(
+        str(_event_file(records)), size_guidance={event_accumulator.SCALARS: 0, event_accumulator.IMAGES: 0,
+                                                  event_accumulator.TENSORS: 0})
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+
+    def steps(tag):
+        return [event.step for event in events.Scalars(tag)]
+
+    for tag in ("train/loss", "train/dice", "train/lr"):
+        assert steps(tag) == [2, 4, 5], tag  # every 2 steps, and the last one
+    assert [e.value for e in events.Scalars("train/loss")] == pytest.approx(
+        [history["loss"][1], history["loss"][3], history["loss"][4]], abs=1e-4)  # the history's running loss
+    assert events.Scalars("train/lr")[0].value > 0
+    checks = [step for step, _, _ in history["validation"]]
+    assert len(checks) == 5  # 4 annotated slices, 1 held out: a check after each of the 5 steps
+    assert steps("heldout/mean_dice") == checks
+    assert steps("heldout/dice/organ") == checks and steps("heldout/iou/organ") == checks
+    assert [e.value for e in events.Scalars("heldout/mean_dice")] == pytest.approx(
+        [score for _, _, score in history["validation"]], abs=1e-4)
+    assert steps("evaluation/dice/organ") == [0, 5]
+    assert events.Scalars("evaluation/dice/organ")[-1].value == pytest.approx(report["after"]["dice"]["organ"])
+    assert "evaluation/mean_dice" in scalars
+
+    gated = load_checkpoint(tmp_path / "m.safetensors").config.gated_levels
+    images = events.Tags()["images"]
+    assert sorted(t for t in images if t.startswith("attention/")) == [f"attention/L{k}" for k in gated]
+    for level in gated:
+        shown = events.Images(f"attention/L{level}")
+        assert [e.step for e in shown] == [0, *checks]  # before training and at each check
+        assert (shown[0].height, shown[0].width) == (64, 64)  # every level at the slice's size
+    for tag in ("slice/scan", "slice/labels"):
+        assert [e.step for e in events.Images(tag)] == [0]
+    text = {tag: events.Tensors(tag)[0].tensor_proto.string_val[0].decode() for tag in events.Tags()["tensors"]
+            if tag.startswith("run/")}
+    assert "held out" in text["run/slice/text_summary"] and "axis 2" in text["run/slice/text_summary"]
+
+
+def test_train_log_dir_without_tensorboard_is_one_line(files, tmp_path, capsys, monkeypatch):
+    """No TensorBoard: --log-dir stops at once with one line, nothing trained, nothing written."""
+    import sys
+
+    import napari_aunet.engine.finetune as finetune
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(finetune, "fine_tune", no_training)
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # `import tensorboard` raises ImportError
+    _, image, labels, _ = files
+    out, records = tmp_path / "m.safetensors", tmp_path / "records"
+    assert main(["train", "--image", str(image), "--labels", str(labels), "-o", str(out), "--init", "phantom",
+                 "--steps", "2", "--log-dir", str(records)]) == 2
+    err = capsys.readouterr().err
+    assert err == "aunet: error: --log-dir needs TensorBoard: pip install 'napari-aunet[tensorboard]'\n"
+    assert not out.exists() and not records.exists()
+    assert main(["train", "--image", str(image), "--labels", str(labels), "-o", str(out), "--log-every", "5"]) == 2
+    assert "--log-every needs --log-dir" in capsys.readouterr().err
