@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from .checkpoint import Checkpoint
 from .config import ModelConfig
 from .geometry import GridGeometry
-from .intensity import BadVolumeError, check_volume, fill_non_finite, normalizer
+from .intensity import BadVolumeError, check_volume, fill_non_finite, normalizer, sample_values
 from .model import AttentionUNet, fused_for_inference
 
 ProgressCallback = Callable[[int, int], None]
@@ -207,8 +207,7 @@ def foreground_box(volume: np.ndarray, multiple: int = 1, margin: int | None = N
     where they make 1 in :data:`OCCUPIED_SHARE` of the voxels or more. nnU-Net crops to the non-zero region the
     same way; a scan with noise everywhere above that level keeps its whole field of view."""
     margin = CROP_MARGIN if margin is None else margin
-    sample = np.asarray(volume).reshape(-1)[:: max(1, volume.size // 2_000_000)].astype(np.float64)
-    low, high = float(volume.min()), float(np.percentile(sample, 99.5))
+    low, high = float(volume.min()), float(np.percentile(sample_values(volume), 99.5))
     if high <= low:
         return None
     inside = volume > low + FOREGROUND_SHARE * (high - low)

@@ -72,7 +72,8 @@ def fill_non_finite(volume: np.ndarray, policy: str = "background") -> tuple[np.
     return filled, bad
 
 
-def _sample(volume: np.ndarray) -> np.ndarray:
+def sample_values(volume: np.ndarray) -> np.ndarray:
+    """At most ``_SAMPLE_VOXELS`` of ``volume``'s values (a strided sample), float64, for percentiles and means."""
     flat = np.asarray(volume).reshape(-1)
     step = max(1, flat.size // _SAMPLE_VOXELS)
     # through float32, as the normalised volume is computed
@@ -89,11 +90,11 @@ def normalizer(volume: np.ndarray, normalization: Normalization) -> Callable[[np
     if mode == "ct_window":
         lower, upper = normalization.lower, normalization.upper
     elif mode == "percentile":
-        lower, upper = np.percentile(_sample(volume), [normalization.lower, normalization.upper])
+        lower, upper = np.percentile(sample_values(volume), [normalization.lower, normalization.upper])
         if upper <= lower:
             return lambda part: np.zeros(np.shape(part), dtype=np.float32)
     else:  # zscore
-        sample = _sample(volume)
+        sample = sample_values(volume)
         if normalization.threshold is not None:
             sample = sample[sample > normalization.threshold]
             if sample.size == 0:
