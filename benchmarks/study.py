@@ -28,7 +28,7 @@ data stream is drawn from its own generator seeded by the seed) and the same tes
 is seeded too. Budgets: one measured U-Net run (seed 0) rose on the smallest lesions (r1-1.5) at step ~250 and
 stayed at 0.985-0.992 from step 1000 of 1500; on the 3D phantoms it rose at steps 150-350 and reached 0.95 by
 step 500 of 600; MNI tissue is past 0.8 after 60 steps. The default budgets leave room for variants that start
-later.
+later (the one-cycle schedule anneals to the budget, so a run settles by its end; the flattening table checks it).
 
 Reported, per data set and variant: final test Dice and IoU (mean ± sample std over seeds); the test Dice
 every --evaluate-every steps (curves; MNI: on every 4th test slice) and whether the curve flattened (the
@@ -38,11 +38,19 @@ paired t-test p, Holm-adjusted within the data set, Wilcoxon signed-rank p from 
 (helps: interval above 0; hurts: below 0; else no difference shown); parameters and CPU inference ms
 (128x128 slice, 3D: 32^3 volume, batch 1, median of repeats); and for every all-gate variant's seed-0 model
 on the 2D data, engine.importance.level_importance on test data (Dice when each gate is forced open/closed).
-Outputs in benchmarks/results/study/ (--quick: benchmarks/results/study_quick/): study.json (everything),
+Outputs in docs/study/ (--quick: benchmarks/results/study_quick/): study.json (everything),
 curves_*.png, attention_*.png (every level's map on a fixed test image, seed 0, each all-gate variant),
 printed tables, and with --markdown PATH the tables as Markdown for docs/study.md.
 
-    python benchmarks/study.py [--seeds 5] [--mni-steps 1500] [--phantom-steps 1500] [--steps-3d 600]
+Resumable: every finished run is written at once to runs/<data>/<variant>-seed<k>.json under the output folder
+(its curve, final Dice/IoU, seconds, machine and date; the seed-0 all-gate runs also their level-importance
+table). A later invocation with the same settings (steps, evaluation interval, test-set size) reads those
+instead of training again, so the study can be run in parts (--data mni, then --data 3d r2-3 ...) and on
+several processes at once (each its own --data), and a last invocation over everything only writes the tables;
+--fresh trains every run again. The runs of one data set are paired across variants, so run a data set's
+variants on one machine (the records say which).
+
+    python benchmarks/study.py [--seeds 5] [--mni-steps 600] [--phantom-steps 1000] [--steps-3d 600]
     python benchmarks/study.py --quick --threads 1 --markdown /tmp/study_quick.md   # smoke run, minutes
     python benchmarks/study.py --estimate-only                                      # the estimate, then exit
 """
@@ -97,7 +105,7 @@ LESION_SIZES = {"r4-6": (4.0, 6.0), "r2-3": (2.0, 3.0), "r1-1.5": (1.0, 1.5)}
 LESION_3D = (2.0, 3.0)
 DATA_KEYS = ("mni", *LESION_SIZES, "3d")
 MNI_TRAIN_BELOW, MNI_TEST_FROM, CROP = 80, 90, 96
-FULL = {"seeds": 5, "mni_steps": 1500, "phantom_steps": 1500, "steps_3d": 600, "evaluate_every": 50,
+FULL = {"seeds": 5, "mni_steps": 600, "phantom_steps": 1000, "steps_3d": 600, "evaluate_every": 50,
         "mni_test": None, "phantom_test": 48, "test_3d": 24, "importance_slices": 8, "timing_repeats": 20}
 QUICK = {"seeds": 2, "mni_steps": 60, "phantom_steps": 60, "steps_3d": 30, "evaluate_every": 10,
          "mni_test": 6, "phantom_test": 8, "test_3d": 4, "importance_slices": 3, "timing_repeats": 5}
@@ -303,6 +311,35 @@ def inference_ms(kind: str, variant: str, repeats: int) -> float:
             model(x)
             times.append(time.perf_counter() - started)
     return float(np.median(times) * 1000)
+
+
+# ------------------------------------------------------------ run records (resuming)
+
+
+def record_path(out: Path, data, variant: str, seed: int) -> Path:
+    return out / "runs" / slug(data.name) / f"{slug(variant)}-seed{seed}.json"
+
+
+def settings(data, steps: int, evaluate_every: int) -> dict:
+    """What a recorded run must share with this invocation to be read instead of trained again."""
+    return {"steps": steps, "evaluate_every": evaluate_every, "test_images": len(data.test_images),
+            "batch": data.batch}
+
+
+def read_record(path: Path, wanted: dict) -> dict | None:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if record.get("settings") == wanted else None
+
+
+def write_record(path: Path, record: dict) -> None:
+    """Atomically: a run killed half-way through writing leaves no half a record behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(record, indent=1, allow_nan=True))
+    os.replace(temporary, path)
 
 
 # ------------------------------------------------------------ time estimate
@@ -526,7 +563,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     if args.out is None:
-        args.out = str(RESULTS / ("study_quick" if args.quick else "study"))
+        args.out = str(RESULTS / "study_quick" if args.quick else ROOT / "docs" / "study")
     unknown = [d for d in args.data if d not in DATA_KEYS]
     if unknown:
         raise SystemExit(f"unknown data {unknown}: choose from {', '.join(DATA_KEYS)}")
@@ -544,8 +581,8 @@ def main() -> None:
                         help="smoke run: 2 seeds, 60 steps (3D 30), tiny test sets; the defaults below "
                              "become these")
     parser.add_argument("--seeds", type=int, help="seeds 0..S-1, paired across variants (default 5)")
-    parser.add_argument("--mni-steps", type=int, help="training steps on MNI tissue (default 1500)")
-    parser.add_argument("--phantom-steps", type=int, help="training steps per 2D phantom set (default 1500)")
+    parser.add_argument("--mni-steps", type=int, help="training steps on MNI tissue (default 600)")
+    parser.add_argument("--phantom-steps", type=int, help="training steps per 2D phantom set (default 1000)")
     parser.add_argument("--steps-3d", type=int, help="training steps on the 3D phantoms (default 600)")
     parser.add_argument("--evaluate-every", type=int, help="test Dice every K steps, the curves (default 50)")
     parser.add_argument("--flat-tail", type=float, default=0.2, help="share of a curve's points judged (0.2)")
@@ -558,6 +595,8 @@ def main() -> None:
     parser.add_argument("--out", help="output folder (benchmarks/results/study; --quick: study_quick)")
     parser.add_argument("--markdown", type=Path, metavar="PATH", help="also write the tables as Markdown")
     parser.add_argument("--estimate-only", action="store_true", help="print the time estimate and exit")
+    parser.add_argument("--fresh", action="store_true",
+                        help="train every run again (default: read the runs already recorded under OUT/runs)")
     for key in ("mni_test", "phantom_test", "test_3d", "importance_slices", "timing_repeats"):
         parser.add_argument(f"--{key.replace('_', '-')}", dest=key, type=int, help=argparse.SUPPRESS)
     args = resolve(parser.parse_args())
@@ -579,44 +618,62 @@ def main() -> None:
     variants = {d.key: variants_for(d, args.variants) for d in datasets}
     plan = [(d, v, s) for d in datasets for v in variants[d.key] for s in range(args.seeds)]
 
+    wanted = {(d.key, v, s): settings(d, steps_of[d.kind], args.evaluate_every) for d, v, s in plan}
+    recorded = {} if args.fresh else {
+        (d.key, v, s): r for d, v, s in plan
+        if (r := read_record(record_path(out, d, v, s), wanted[d.key, v, s])) is not None}
+    todo = [(d, v, s) for d, v, s in plan if (d.key, v, s) not in recorded]
     print(f"{len(plan)} runs: " + ", ".join(
         f"{d.name} {len(variants[d.key])} variants x {args.seeds} seeds x {steps_of[d.kind]} steps"
-        for d in datasets), flush=True)
-    started = time.perf_counter()
-    speed = probe_speed(datasets, variants, args.quick)
-    probe_s = time.perf_counter() - started
-    planned = [run_seconds(speed, d, v, steps_of[d.kind], args.evaluate_every) for d, v, _ in plan]
-    estimate = sum(planned)
-    print(f"estimate from {probe_s:.0f} s of probe steps on {args.threads} thread(s): {clock(estimate)} of "
-          "training and evaluation (plus importance, timing and plots; more if the machine gets busier than "
-          "during the probe)")
-    for kind in dict.fromkeys(d.kind for d in datasets):
-        row = ", ".join(f"{v} {speed[kind, v]['step_s'] * 1000:.0f}" for v in VARIANTS if (kind, v) in speed)
-        print(f"  ms per training step, {kind}: {row}")
+        for d in datasets) + f"; {len(recorded)} already recorded under {out / 'runs'}, {len(todo)} to train",
+        flush=True)
+    estimate = probe_s = 0.0
+    planned: list[float] = []
+    if todo:
+        started = time.perf_counter()
+        todo_kinds = {d.kind for d, _, _ in todo}
+        speed = probe_speed([d for d in datasets if d.kind in todo_kinds], variants, args.quick)
+        probe_s = time.perf_counter() - started
+        planned = [run_seconds(speed, d, v, steps_of[d.kind], args.evaluate_every) for d, v, _ in todo]
+        estimate = sum(planned)
+        print(f"estimate from {probe_s:.0f} s of probe steps on {args.threads} thread(s): {clock(estimate)} of "
+              "training and evaluation (plus importance, timing and plots; more if the machine gets busier "
+              "than during the probe)")
+        for kind in dict.fromkeys(d.kind for d in datasets if d.kind in todo_kinds):
+            row = ", ".join(f"{v} {speed[kind, v]['step_s'] * 1000:.0f}" for v in VARIANTS
+                            if (kind, v) in speed)
+            print(f"  ms per training step, {kind}: {row}")
     if args.estimate_only:
         return
 
-    runs, importance = [], []
     done_estimate = done_actual = 0.0
-    for index, ((data, variant, seed), expected) in enumerate(zip(plan, planned, strict=True), start=1):
+    for index, ((data, variant, seed), expected) in enumerate(zip(todo, planned, strict=True), start=1):
         result = run(data, variant, seed, steps_of[data.kind], args.evaluate_every)
         model = result.pop("model")
-        done_estimate += expected
-        done_actual += result["train_s"]
-        remaining = (estimate - done_estimate) * done_actual / max(done_estimate, 1e-9)
-        print(f"[{index}/{len(plan)}] {data.name:<18}{variant:<24}seed {seed}: Dice {result['dice']:.3f} "
-              f"({result['train_s']} s; about {clock(remaining)} left)", flush=True)
-        runs.append(result)
+        info = machine()
+        result.update(settings=wanted[data.key, variant, seed], date=datetime.date.today().isoformat(),
+                      cpu=info["cpu"], threads=info["threads"], torch=info["torch"])
         if seed == 0 and variant in ALL_GATES and data.kind != "phantom3d":
             table = level_importance(Segmenter(model, device="cpu", precision="fp32"),
                                      **data.importance_input(args.importance_slices))
-            importance.append({"data": data.name, "variant": variant, **table})
+            result["importance"] = table
             index_image = len(data.test_images) // 2
             plot_attention(model, data.test_images[index_image, 0],
                            f"{data.name}, {variant}, seed 0, test image {index_image}",
                            out / f"attention_{slug(data.name)}_{variant}.png")
-        if seed == args.seeds - 1 and variant == variants[data.key][-1]:
-            plot_curves(runs, data, variants[data.key], out / f"curves_{slug(data.name)}.png")
+        write_record(record_path(out, data, variant, seed), result)
+        recorded[data.key, variant, seed] = result
+        done_estimate += expected
+        done_actual += result["train_s"]
+        remaining = (estimate - done_estimate) * done_actual / max(done_estimate, 1e-9)
+        print(f"[{index}/{len(todo)}] {data.name:<18}{variant:<24}seed {seed}: Dice {result['dice']:.3f} "
+              f"({result['train_s']} s; about {clock(remaining)} left)", flush=True)
+
+    runs = [recorded[d.key, v, s] for d, v, s in plan]
+    importance = [{"data": r["data"], "variant": r["variant"], **r["importance"]} for r in runs
+                  if "importance" in r]
+    for data in datasets:
+        plot_curves(runs, data, variants[data.key], out / f"curves_{slug(data.name)}.png")
 
     # ------------------------------------------------------------------ tables
     timing_cache: dict = {}
@@ -690,11 +747,14 @@ def main() -> None:
 
     wall = time.perf_counter() - wall_started
     info = machine()
-    print(f"\nwall time {clock(wall)} (estimate was {clock(estimate)} of training and evaluation); "
-          f"{info['cpu']}, {info['threads']} thread(s), torch {info['torch']}")
+    training_s = sum(r["train_s"] for r in runs)
+    made_on = sorted({(r["date"], r["cpu"], r["threads"], r["torch"]) for r in runs})
+    print(f"\nwall time of this invocation {clock(wall)} (estimate was {clock(estimate)} for the {len(todo)} "
+          f"runs it trained); training and evaluation of all {len(runs)} runs {clock(training_s)}; runs made "
+          + "; ".join(f"{d} on {c}, {t} thread(s), torch {v}" for d, c, t, v in made_on))
     record = {"command": command, "date": datetime.date.today().isoformat(), "machine": info,
-              "wall_s": round(wall, 1), "estimate_s": round(estimate, 1),
-              "probe": {f"{kind} | {variant}": entry for (kind, variant), entry in speed.items()},
+              "wall_s": round(wall, 1), "estimate_s": round(estimate, 1), "training_s": round(training_s, 1),
+              "made_on": [dict(zip(("date", "cpu", "threads", "torch"), m, strict=True)) for m in made_on],
               "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
               "results": results, "paired": differences, "flattening": flat, "importance": importance,
               "runs": runs}
@@ -704,10 +764,11 @@ def main() -> None:
     if args.markdown:
         relative = os.path.relpath(out, ROOT / "docs")
         shown = out.resolve().relative_to(ROOT) if out.resolve().is_relative_to(ROOT) else out
-        parts = [f"Command: `{command}`. Run on {record['date']}: {info['cpu']} ({info['cores']} cores), "
-                 f"{info['threads']} thread(s), torch {info['torch']}, Python {info['python']}; wall time "
-                 f"{clock(wall)} (estimated {clock(estimate)} before the runs). Raw numbers: "
-                 f"`{shown}/study.json`."]
+        parts = [f"Command: `{command}` (runs already recorded under `{shown}/runs/` are read, not trained "
+                 "again). Runs made " + "; ".join(f"{d} on {c}, {t} thread(s), torch {v}"
+                                                 for d, c, t, v in made_on)
+                 + f"; training and evaluation of the {len(runs)} runs took {clock(training_s)} in all. Raw "
+                 f"numbers: `{shown}/study.json` and one record per run in `{shown}/runs/`."]
         for key in ("results", "paired", "flattening", "importance"):
             title, headers, rows = tables[key]
             parts.append(f"### {title}\n\n{markdown_table(headers, rows)}")

@@ -672,9 +672,9 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--brain-mask", metavar="MASK", help="also write a brain mask (1 = brain) here: every "
                          "labelled voxel of the largest connected group, holes filled (.nii.gz)")
     segment.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
-    segment.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+    segment.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16", "int8"),
                          help="auto = fp16 autocast on CUDA, bf16 on a CPU with native bf16 (AVX512-BF16/AMX), "
-                         "else fp32")
+                         "else fp32; int8 = ONNX Runtime on the CPU, calibrated on the scan (extra [int8])")
     segment.add_argument("--mode", choices=("2d", "3d"), help="2d slice by slice, 3d sliding window (default: the model's)")
     segment.add_argument("--axis", default="auto",
                          help="slicing axis in 2d mode, in the file's array order (auto = axial, from the affine)")
@@ -824,6 +824,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from .engine.checkpoint import CheckpointError
+    from .engine.int8 import Int8Unavailable
     from .engine.intensity import BadVolumeError
     from .io import ScanReadError, ScanWriteError
 
@@ -831,7 +832,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except (CommandError, CheckpointError, BadVolumeError, ScanReadError, ScanWriteError, ValueError) as error:
+    except (CommandError, CheckpointError, BadVolumeError, ScanReadError, ScanWriteError, ValueError,
+            Int8Unavailable) as error:
         message = " ".join(str(error).split())
         print(f"aunet: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -19,8 +19,10 @@ def _few_threads():
 
 @pytest.fixture(scope="session", autouse=True)
 def _own_data_dir(tmp_path_factory):
-    """Autosaved label edits of the tests go to a folder of their own, never to the user's data directory."""
+    """Autosaved label edits and quantized models of the tests go to folders of their own, never to the user's
+    data or cache directory."""
     os.environ["XDG_DATA_HOME"] = str(tmp_path_factory.mktemp("data-home"))
+    os.environ["AUNET_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache-home"))
 
 
 def tiny_config(spatial_dims: int = 2, gated_levels=(1, 2), out_channels: int = 3, **kwargs) -> ModelConfig:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import int8
 from .checkpoint import Checkpoint
 from .config import ModelConfig
 from .geometry import GridGeometry
@@ -34,6 +35,7 @@ from .intensity import BadVolumeError, check_volume, fill_non_finite, normalizer
 from .model import AttentionUNet, fused_for_inference
 
 ProgressCallback = Callable[[int, int], None]
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 MIN_VIEW_SLICES = 32  # a 3D volume thinner than this along any axis is segmented along the chosen axis only
 CancelFlag = Callable[[], bool] | threading.Event | None
 
@@ -283,7 +285,9 @@ class Segmenter:
     """Runs a model on numpy volumes.
 
     ``precision``: ``auto`` (fp16 autocast on CUDA, bf16 autocast on a CPU with native bf16, fp32 elsewhere),
-    ``fp32``, ``bf16`` or ``fp16``. A test holds bf16 within 0.005 Dice of fp32 on the sample scans.
+    ``fp32``, ``bf16``, ``fp16`` or ``int8`` (CPU only, through ONNX Runtime, the optional extra ``[int8]``:
+    :mod:`~napari_aunet.engine.int8`; the activation ranges are calibrated on the first scan segmented after the
+    model last changed). A test holds bf16 within 0.005 Dice of fp32 on the sample scans.
     """
 
     def __init__(
@@ -301,8 +305,12 @@ class Segmenter:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.config: ModelConfig = model.config
-        if precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ValueError(f"unknown precision {precision!r}; use auto, fp32, bf16 or fp16")
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
+        if precision == "int8":
+            if self.device.type != "cpu":
+                raise ValueError("int8 runs on the CPU only (ONNX Runtime); on a GPU use fp16 or auto")
+            int8.require()
         if precision == "auto":
             if self.device.type == "cuda":
                 precision = "fp16"
@@ -317,9 +325,10 @@ class Segmenter:
         self.fuse = True
         self.channels_last = self.device.type in ("cpu", "cuda")
         self._fused: tuple | None = None
+        self._int8: tuple | None = None
 
     def _autocast(self):
-        if self.precision == "fp32":
+        if self.precision in ("fp32", "int8"):
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
@@ -330,20 +339,42 @@ class Segmenter:
         Rebuilt whenever the model changed since the last call (a fine-tuning step, loaded weights, a gate forced
         open or closed by :func:`~napari_aunet.engine.importance.forced_gate`): the key is every parameter's and
         buffer's version counter and every module's own ``forward`` override."""
+        key = self._model_key()
+        if self._fused is None or self._fused[0] != key:
+            fused = fused_for_inference(self.model, channels_last=self.channels_last) if self.fuse else self.model
+            self._fused = (key, fused)
+        return self._fused[1]
+
+    def _model_key(self) -> tuple:
         model = self.model
-        key = (
+        return (
             tuple(t._version for t in model.parameters()),
             tuple(t._version for t in model.buffers()),
             tuple(id(m.__dict__.get("forward")) for m in model.modules()),
             model.training,
         )
-        if self._fused is None or self._fused[0] != key:
-            fused = fused_for_inference(model, channels_last=self.channels_last) if self.fuse else model
-            self._fused = (key, fused)
-        return self._fused[1]
+
+    def _prepare_int8(self, volume, transform, mode, axis, roi_size) -> None:
+        """The quantized network (:func:`~napari_aunet.engine.int8.cached_network`: from the cache folder, or
+        calibrated on ``volume``, the part the network will see), unless it is ready for the model as it is now."""
+        key = self._model_key()
+        if self._int8 is not None and self._int8[0] == key:
+            return
+        roi = (roi_size,) * volume.ndim if isinstance(roi_size, int) else tuple(roi_size)
+
+        def calibration() -> np.ndarray:
+            return int8.calibration_inputs(volume, transform, mode=mode, axis=axis,
+                                           multiple=self.config.size_multiple, roi_size=roi)
+
+        self._int8 = (key, int8.cached_network(self.model, calibration, threads=torch.get_num_threads()))
 
     def _run(self, batch: np.ndarray) -> tuple[np.ndarray, dict[int, np.ndarray]]:
         """Probabilities ``(N, C, *spatial)`` float32 and attention ``{level: (N, *grid)}`` float32."""
+        if self.precision == "int8":
+            if self._int8 is None or self._int8[0] != self._model_key():  # a caller that did not calibrate first
+                self._prepare_int8(batch[:, 0], lambda part: np.asarray(part, dtype=np.float32),
+                                   f"{self.config.spatial_dims}d", 0, batch.shape[2:])
+            return self._int8[1].run(batch)
         inputs = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
         network = self._network()
         if self.fuse and self.channels_last:
@@ -442,6 +473,8 @@ class Segmenter:
         transform = normalizer(volume, self.config.normalization)
         one_axis = axis % volume.ndim if mode == "2d" and not several and volume.ndim == 3 else None
         box = foreground_box(volume, self.config.size_multiple, slicing_axis=one_axis) if crop else None
+        if self.precision == "int8":
+            self._prepare_int8(volume if box is None else volume[box], transform, mode, axis, roi_size)
         if box is not None:
             result = yield from self._segment_part(volume[box], transform, mode, axis, roi_size, overlap,
                                                    return_probabilities, return_attention, spacing, several)
