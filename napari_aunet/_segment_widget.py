@@ -32,6 +32,7 @@ from ._layers import (
 from ._orientation import DisplayTransform, file_order
 from ._state import SegmentationRun, state_for
 from ._views import CT_WINDOWS, VIEWS, ct_window_limits, show_plane
+from .engine import int8
 from .engine.bundled import BUNDLED_MODELS, load_model
 from .engine.checkpoint import Checkpoint, CheckpointError
 from .engine.inference import SegmentationResult, Segmenter
@@ -133,6 +134,12 @@ class SegmentWidget(ScrollingContainer):
         self._checkpoint = FileEdit(label="checkpoint", filter="*.safetensors", visible=False)
         self._card = Label(label="about")
         self._device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
+        self._precision = ComboBox(
+            label="precision", choices=["auto", "fp32", "bf16", *(["int8"] if int8.available() else [])],
+            value="auto",
+            tooltip="auto: fp16 on a CUDA GPU, bf16 on a CPU with native bf16, else fp32. int8 (CPU, ONNX Runtime): "
+                    "the first run of a model calibrates on the scan (a few seconds), later runs reuse it",
+        )
         self._mode = ComboBox(label="mode", choices=[("2D slice by slice", "2d"), ("3D window", "3d")], value="2d")
         self._plane = ComboBox(label="slices", choices=[VIEW_PLANE, *PLANES], value=VIEW_PLANE)
         self._scope = ComboBox(label="run on", choices=["whole volume", "current slice"], value="whole volume")
@@ -170,7 +177,8 @@ class SegmentWidget(ScrollingContainer):
         self._card.native.setWordWrap(True)
         self._status.native.setWordWrap(True)
         self.extend([
-            self._image, self._view, self._window, self._model, self._checkpoint, self._card, self._device, self._mode, self._plane,
+            self._image, self._view, self._window, self._model, self._checkpoint, self._card, self._device,
+            self._precision, self._mode, self._plane,
             self._three_views, self._scope, self._nan, self._with_attention, self._with_probabilities, self._with_uncertainty,
             self._with_brain_mask, self._run,
             self._cancel, self._status, self._go_uncertain, self._volumes_path, self._save_volumes, self._note,
@@ -302,7 +310,7 @@ class SegmentWidget(ScrollingContainer):
             options["axis"] = 0
             if mode == "3d":
                 raise ValueError("'current slice' needs a 2D model; choose 'whole volume' for a 3D window")
-        segmenter = Segmenter(checkpoint, device=self._device.value)
+        segmenter = Segmenter(checkpoint, device=self._device.value, precision=self._precision.value)
         return {
             "layer": layer, "source": source, "segmenter": segmenter, "volume": volume, "options": options,
             "slice_only": slice_only, "model_name": str(self._model.value), "class_names": config.class_names,

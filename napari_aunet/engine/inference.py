@@ -371,9 +371,10 @@ class Segmenter:
     def _run(self, batch: np.ndarray) -> tuple[np.ndarray, dict[int, np.ndarray]]:
         """Probabilities ``(N, C, *spatial)`` float32 and attention ``{level: (N, *grid)}`` float32."""
         if self.precision == "int8":
-            if self._int8 is None or self._int8[0] != self._model_key():  # a caller that did not calibrate first
-                self._prepare_int8(batch[:, 0], lambda part: np.asarray(part, dtype=np.float32),
-                                   f"{self.config.spatial_dims}d", 0, batch.shape[2:])
+            key = self._model_key()
+            if self._int8 is None or self._int8[0] != key:  # a caller that did not calibrate first: this batch
+                samples = int8.padded(np.asarray(batch, dtype=np.float32), self.config.size_multiple)
+                self._int8 = (key, int8.cached_network(self.model, lambda: samples, threads=torch.get_num_threads()))
             return self._int8[1].run(batch)
         inputs = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
         network = self._network()

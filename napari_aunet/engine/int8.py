@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import io
 import logging
 import os
@@ -45,17 +46,16 @@ class Int8Unavailable(RuntimeError):
 
 
 def available() -> bool:
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether the [int8] extra is installed (found, not imported: cheap enough for a widget's choices)."""
+    return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
 
 
 def require() -> None:
-    if not available():
-        raise Int8Unavailable(EXTRA_HINT)
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as error:
+        raise Int8Unavailable(EXTRA_HINT) from error
 
 
 class _Outputs(torch.nn.Module):
@@ -140,12 +140,7 @@ class Int8Network:
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, dict[int, np.ndarray]]:
         """Probabilities ``(N, C, *spatial)`` float32 and attention ``{level: (N, *grid)}`` float32."""
         spatial = batch.shape[2:]
-        multiple = self.config.size_multiple
-        pads = [(-n) % multiple for n in spatial]
-        x = np.ascontiguousarray(batch, dtype=np.float32)
-        if any(pads):
-            x = np.pad(x, [(0, 0), (0, 0), *((0, p) for p in pads)], mode="edge")
-        outputs = self.session.run(None, {"x": x})
+        outputs = self.session.run(None, {"x": padded(batch, self.config.size_multiple)})
         probabilities = outputs[0][(slice(None), slice(None), *(slice(0, n) for n in spatial))]
         attention = {}
         for level, psi in zip(self.levels, outputs[1:], strict=True):
@@ -218,7 +213,13 @@ def calibration_inputs(volume: np.ndarray, transform, *, mode: str, axis: int, m
             window = tuple(slice(s, s + r) for s, r in zip(start, roi, strict=True))
             samples.append(transform(volume[window])[None])
         samples = np.stack(samples)
-    pads = [(-n) % multiple for n in samples.shape[2:]]
+    return padded(samples, multiple)
+
+
+def padded(batch: np.ndarray, multiple: int) -> np.ndarray:
+    """``(N, C, *spatial)`` padded at the far end of each spatial axis (edge values) to a multiple of ``multiple``,
+    as the model pads its input."""
+    pads = [(-n) % multiple for n in batch.shape[2:]]
     if any(pads):
-        samples = np.pad(samples, [(0, 0), (0, 0), *((0, p) for p in pads)], mode="edge")
-    return np.ascontiguousarray(samples, dtype=np.float32)
+        batch = np.pad(batch, [(0, 0), (0, 0), *((0, p) for p in pads)], mode="edge")
+    return np.ascontiguousarray(batch, dtype=np.float32)

@@ -83,7 +83,16 @@ def test_a_damaged_cache_file_is_replaced(cache):
 
 
 def test_without_onnxruntime_int8_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(int8, "available", lambda: False)
+    import builtins
+
+    real_import = builtins.__import__
+
+    def without_onnxruntime(name, *args, **kwargs):
+        if name.split(".")[0] in ("onnxruntime", "onnx"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_onnxruntime)
     scan = tmp_path / "scan.nii.gz"
     nib.save(nib.Nifti1Image(generate_phantom((8, 32, 32), seed=1).image, np.eye(4)), scan)
     capsys.readouterr()
@@ -108,3 +117,17 @@ def test_aunet_segment_precision_int8_writes_labels_like_fp32(tmp_path, cache):
     fp32, quantized = (np.asarray(nib.load(outputs[p]).dataobj) for p in ("fp32", "int8"))
     assert float((fp32 == quantized).mean()) > 0.98
     assert len(list(cache.glob("*.onnx"))) == 1
+
+
+@needs_onnxruntime
+def test_a_caller_that_runs_batches_directly_calibrates_on_its_batch(cache):
+    from conftest import tiny_model
+
+    model = tiny_model(2, in_channels=2)  # e.g. a click model: image + guidance channels, run batch by batch
+    segmenter = Segmenter(model, device="cpu", precision="int8")
+    batch = np.random.default_rng(0).normal(size=(3, 2, 30, 44)).astype(np.float32)
+    probabilities, attention = segmenter._run(batch)
+    reference, _ = Segmenter(model, device="cpu", precision="fp32")._run(batch)
+    assert probabilities.shape == reference.shape
+    assert float(np.abs(probabilities - reference).mean()) < 0.05
+    assert {level: a.shape for level, a in attention.items()} == {1: (3, 30, 44), 2: (3, 15, 22)}

@@ -9,6 +9,7 @@ import pytest
 from napari_aunet._attention_widget import AttentionWidget
 from napari_aunet._segment_widget import SegmentWidget
 from napari_aunet._state import state_for
+from napari_aunet.engine import int8
 from napari_aunet.engine.bundled import load_model
 from napari_aunet.engine.inference import Segmenter
 from napari_aunet.engine.phantoms import generate_phantom
@@ -508,3 +509,23 @@ def test_compare_says_which_gate_does_the_work(make_napari_viewer, qtbot, phanto
     qtbot.waitUntil(lambda: compare.importance_report is not None, timeout=120_000)
     assert compare.importance_report["reference"] == "labels"
     assert len(compare.importance_report["slices"]) == 1
+
+
+@pytest.mark.skipif(not int8.available(), reason="the [int8] extra is not installed")
+def test_precision_int8_in_the_widget_gives_the_fp32_labels_and_a_gpu_refusal_is_a_notification(
+    make_napari_viewer, qtbot, phantom_path, monkeypatch, tmp_path
+):
+    monkeypatch.setenv(int8.CACHE_ENV, str(tmp_path))
+    viewer, image, widget = _segmented(make_napari_viewer, qtbot, phantom_path, precision="fp32")
+    fp32 = np.array(viewer.layers["phantom segmentation"].data)
+    _segment(widget, qtbot, model="phantom", plane="axial", precision="int8")
+    quantized = np.array(viewer.layers["phantom segmentation"].data)
+    assert float((quantized == fp32).mean()) > 0.98
+    assert any(layer.name.startswith("phantom attention L1") for layer in viewer.layers)
+    assert len(list((tmp_path / "int8").glob("*.onnx"))) == 1
+
+    shown = []
+    monkeypatch.setattr("napari_aunet._segment_widget.show_error", shown.append)
+    widget._device.value = "cuda"
+    widget.run()
+    assert not widget.running and shown and ("int8" in shown[0] or "CUDA" in shown[0] or "cuda" in shown[0]), shown
