@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_aunet.engine import inference
+from napari_aunet.engine import inference, int8
 from napari_aunet.engine.bundled import load_model
 from napari_aunet.engine.finetune import _dice_iou
 from napari_aunet.engine.inference import Segmenter
@@ -14,16 +14,17 @@ from napari_aunet.engine.phantoms import generate_phantom
 from napari_aunet.recipes import mni_tissue
 
 
-def _dice_both(model: str, volume: np.ndarray, truth: np.ndarray, axis: int) -> tuple[dict, dict, float]:
+def _dice_both(model: str, volume: np.ndarray, truth: np.ndarray, axis: int, other: str = "bf16",
+               maps_within: float = 0.01) -> tuple[dict, dict, float]:
     checkpoint = load_model(model)
     results = {p: Segmenter(checkpoint, device="cpu", precision=p).segment(volume, axis=axis, views=1)
-               for p in ("fp32", "bf16")}
+               for p in ("fp32", other)}
     scores = {p: _dice_iou(r.labels, truth, checkpoint.config.class_names)["dice"] for p, r in results.items()}
-    agreement = float((results["fp32"].labels == results["bf16"].labels).mean())
+    agreement = float((results["fp32"].labels == results[other].labels).mean())
     for level, attention in results["fp32"].attention.items():
-        difference = np.abs(attention.data.astype(np.float32) - results["bf16"].attention[level].data)
-        assert float(difference.mean()) < 0.01
-    return scores["fp32"], scores["bf16"], agreement
+        difference = np.abs(attention.data.astype(np.float32) - results[other].attention[level].data)
+        assert float(difference.mean()) < maps_within
+    return scores["fp32"], scores[other], agreement
 
 
 @pytest.mark.slow
@@ -34,6 +35,19 @@ def test_bf16_matches_fp32_on_the_mni_sample():
     for name in fp32:
         assert abs(fp32[name] - bf16[name]) < 0.005, (name, fp32[name], bf16[name])
     assert agreement > 0.99
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not int8.available(), reason="the [int8] extra is not installed")
+def test_int8_matches_fp32_on_the_mni_sample(tmp_path, monkeypatch):
+    monkeypatch.setenv(int8.CACHE_ENV, str(tmp_path))
+    t1, labels = mni_tissue()
+    slab = slice(50, 130)
+    fp32, quantized, agreement = _dice_both("brain", t1[:, :, slab], labels[:, :, slab], axis=2, other="int8",
+                                            maps_within=0.02)
+    for name in fp32:
+        assert abs(fp32[name] - quantized[name]) < 0.005, (name, fp32[name], quantized[name])
+    assert agreement > 0.98
 
 
 def test_bf16_matches_fp32_on_the_phantom_sample():
