@@ -46,7 +46,8 @@ Resumable: every finished run is written at once to runs/<data>/<variant>-seed<k
 (its curve, final Dice/IoU, seconds, machine and date; the seed-0 all-gate runs also their level-importance
 table). A later invocation with the same settings (steps, evaluation interval, test-set size) reads those
 instead of training again, so the study can be run in parts (--data mni, then --data 3d r2-3 ...) and on
-several processes at once (each its own --data), and a last invocation over everything only writes the tables;
+several processes at once (each its own --data, or the same arguments: a process claims a run before training it
+and the others skip it), and a last invocation over everything only writes the tables;
 --fresh trains every run again. The runs of one data set are paired across variants, so run a data set's
 variants on one machine (the records say which).
 
@@ -332,6 +333,30 @@ def read_record(path: Path, wanted: dict) -> dict | None:
     except (OSError, ValueError):
         return None
     return record if record.get("settings") == wanted else None
+
+
+def claim(path: Path) -> bool:
+    """Take the run of ``path`` for this process (a ``.claim`` file holding its PID, created exclusively), unless
+    another live process holds it: several processes with the same arguments share the runs between them."""
+    marker = path.with_suffix(".claim")
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            descriptor = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                holder = int(marker.read_text() or 0)
+                os.kill(holder, 0)  # raises when that process is gone
+                return False
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                marker.unlink(missing_ok=True)  # left behind by a process that stopped: take it over
+                continue
+            except PermissionError:
+                return False
+        with os.fdopen(descriptor, "w") as stream:
+            stream.write(str(os.getpid()))
+        return True
+    return False
 
 
 def write_record(path: Path, record: dict) -> None:
@@ -648,6 +673,12 @@ def main() -> None:
 
     done_estimate = done_actual = 0.0
     for index, ((data, variant, seed), expected) in enumerate(zip(todo, planned, strict=True), start=1):
+        path = record_path(out, data, variant, seed)
+        if (found := read_record(path, wanted[data.key, variant, seed])) is not None or not claim(path):
+            if found is not None:  # recorded by another process meanwhile
+                recorded[data.key, variant, seed] = found
+            done_estimate += expected
+            continue
         result = run(data, variant, seed, steps_of[data.kind], args.evaluate_every)
         model = result.pop("model")
         info = machine()
@@ -661,7 +692,8 @@ def main() -> None:
             plot_attention(model, data.test_images[index_image, 0],
                            f"{data.name}, {variant}, seed 0, test image {index_image}",
                            out / f"attention_{slug(data.name)}_{variant}.png")
-        write_record(record_path(out, data, variant, seed), result)
+        write_record(path, result)
+        path.with_suffix(".claim").unlink(missing_ok=True)
         recorded[data.key, variant, seed] = result
         done_estimate += expected
         done_actual += result["train_s"]
@@ -669,6 +701,16 @@ def main() -> None:
         print(f"[{index}/{len(todo)}] {data.name:<18}{variant:<24}seed {seed}: Dice {result['dice']:.3f} "
               f"({result['train_s']} s; about {clock(remaining)} left)", flush=True)
 
+    missing = [(d, v, s) for d, v, s in plan if (d.key, v, s) not in recorded]
+    for d, v, s in missing:  # runs another process was still training: wait for its records
+        path = record_path(out, d, v, s)
+        print(f"waiting for {path.relative_to(out)} (another process trains it)", flush=True)
+        while (found := read_record(path, wanted[d.key, v, s])) is None:
+            if claim(path):  # that process stopped without recording it
+                path.with_suffix(".claim").unlink(missing_ok=True)
+                raise SystemExit(f"{path} was claimed by a process that stopped: run the command again")
+            time.sleep(10)
+        recorded[d.key, v, s] = found
     runs = [recorded[d.key, v, s] for d, v, s in plan]
     importance = [{"data": r["data"], "variant": r["variant"], **r["importance"]} for r in runs
                   if "importance" in r]
