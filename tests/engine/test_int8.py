@@ -131,3 +131,18 @@ def test_a_caller_that_runs_batches_directly_calibrates_on_its_batch(cache):
     assert probabilities.shape == reference.shape
     assert float(np.abs(probabilities - reference).mean()) < 0.05
     assert {level: a.shape for level, a in attention.items()} == {1: (3, 30, 44), 2: (3, 15, 22)}
+
+
+@needs_onnxruntime
+def test_int8_runs_a_3d_model_window_by_window(cache):
+    from conftest import tiny_model
+
+    model = tiny_model(3)
+    volume = generate_phantom((40, 36, 44), seed=4, lesions=(1, 2)).image
+    options = {"mode": "3d", "roi_size": 24, "overlap": 0.25, "return_probabilities": True}
+    fp32 = Segmenter(model, device="cpu", precision="fp32").segment(volume, **options)
+    quantized = Segmenter(model, device="cpu", precision="int8").segment(volume, **options)
+    assert quantized.labels.shape == volume.shape
+    assert float(np.abs(quantized.probabilities - fp32.probabilities).mean()) < 0.05
+    assert {k: m.data.shape for k, m in quantized.attention.items()} == {
+        k: m.data.shape for k, m in fp32.attention.items()}
