@@ -51,7 +51,7 @@ and the others skip it), and a last invocation over everything only writes the t
 --fresh trains every run again. The runs of one data set are paired across variants, so run a data set's
 variants on one machine (the records say which).
 
-    python benchmarks/study.py [--seeds 5] [--mni-steps 600] [--phantom-steps 1000] [--steps-3d 600]
+    python benchmarks/study.py [--seeds 5] [--mni-steps 1500] [--phantom-steps 1000] [--steps-3d 600]
     python benchmarks/study.py --quick --threads 1 --markdown /tmp/study_quick.md   # smoke run, minutes
     python benchmarks/study.py --estimate-only                                      # the estimate, then exit
 """
@@ -106,7 +106,7 @@ LESION_SIZES = {"r4-6": (4.0, 6.0), "r2-3": (2.0, 3.0), "r1-1.5": (1.0, 1.5)}
 LESION_3D = (2.0, 3.0)
 DATA_KEYS = ("mni", *LESION_SIZES, "3d")
 MNI_TRAIN_BELOW, MNI_TEST_FROM, CROP = 80, 90, 96
-FULL = {"seeds": 5, "mni_steps": 600, "phantom_steps": 1000, "steps_3d": 600, "evaluate_every": 50,
+FULL = {"seeds": 5, "mni_steps": 1500, "phantom_steps": 1000, "steps_3d": 600, "evaluate_every": 50,
         "mni_test": None, "phantom_test": 48, "test_3d": 24, "importance_slices": 8, "timing_repeats": 20}
 QUICK = {"seeds": 2, "mni_steps": 60, "phantom_steps": 60, "steps_3d": 30, "evaluate_every": 10,
          "mni_test": 6, "phantom_test": 8, "test_3d": 4, "importance_slices": 3, "timing_repeats": 5}
@@ -606,7 +606,7 @@ def main() -> None:
                         help="smoke run: 2 seeds, 60 steps (3D 30), tiny test sets; the defaults below "
                              "become these")
     parser.add_argument("--seeds", type=int, help="seeds 0..S-1, paired across variants (default 5)")
-    parser.add_argument("--mni-steps", type=int, help="training steps on MNI tissue (default 600)")
+    parser.add_argument("--mni-steps", type=int, help="training steps on MNI tissue (default 1500)")
     parser.add_argument("--phantom-steps", type=int, help="training steps per 2D phantom set (default 1000)")
     parser.add_argument("--steps-3d", type=int, help="training steps on the 3D phantoms (default 600)")
     parser.add_argument("--evaluate-every", type=int, help="test Dice every K steps, the curves (default 50)")
