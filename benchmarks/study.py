@@ -42,7 +42,7 @@ Outputs in docs/study/ (--quick: benchmarks/results/study_quick/): study.json (e
 curves_*.png, attention_*.png (every level's map on a fixed test image, seed 0, each all-gate variant),
 printed tables, and with --markdown PATH the tables as Markdown for docs/study.md.
 
-Resumable: every finished run is written at once to runs/<data>/<variant>-seed<k>.json under the output folder
+Resumable: every finished run is written at once to runs/<data>/<steps>-steps/<variant>-seed<k>.json under the output folder
 (its curve, final Dice/IoU, seconds, machine and date; the seed-0 all-gate runs also their level-importance
 table). A later invocation with the same settings (steps, evaluation interval, test-set size) reads those
 instead of training again, so the study can be run in parts (--data mni, then --data 3d r2-3 ...) and on
@@ -317,8 +317,9 @@ def inference_ms(kind: str, variant: str, repeats: int) -> float:
 # ------------------------------------------------------------ run records (resuming)
 
 
-def record_path(out: Path, data, variant: str, seed: int) -> Path:
-    return out / "runs" / slug(data.name) / f"{slug(variant)}-seed{seed}.json"
+def record_path(out: Path, data, variant: str, seed: int, steps: int) -> Path:
+    """One file per run; runs of other budgets sit beside it (the same variant at 600 and 1500 steps)."""
+    return out / "runs" / slug(data.name) / f"{steps}-steps" / f"{slug(variant)}-seed{seed}.json"
 
 
 def settings(data, steps: int, evaluate_every: int) -> dict:
@@ -646,7 +647,7 @@ def main() -> None:
     wanted = {(d.key, v, s): settings(d, steps_of[d.kind], args.evaluate_every) for d, v, s in plan}
     recorded = {} if args.fresh else {
         (d.key, v, s): r for d, v, s in plan
-        if (r := read_record(record_path(out, d, v, s), wanted[d.key, v, s])) is not None}
+        if (r := read_record(record_path(out, d, v, s, steps_of[d.kind]), wanted[d.key, v, s])) is not None}
     todo = [(d, v, s) for d, v, s in plan if (d.key, v, s) not in recorded]
     print(f"{len(plan)} runs: " + ", ".join(
         f"{d.name} {len(variants[d.key])} variants x {args.seeds} seeds x {steps_of[d.kind]} steps"
@@ -673,7 +674,7 @@ def main() -> None:
 
     done_estimate = done_actual = 0.0
     for index, ((data, variant, seed), expected) in enumerate(zip(todo, planned, strict=True), start=1):
-        path = record_path(out, data, variant, seed)
+        path = record_path(out, data, variant, seed, steps_of[data.kind])
         if (found := read_record(path, wanted[data.key, variant, seed])) is not None or not claim(path):
             if found is not None:  # recorded by another process meanwhile
                 recorded[data.key, variant, seed] = found
@@ -703,7 +704,7 @@ def main() -> None:
 
     missing = [(d, v, s) for d, v, s in plan if (d.key, v, s) not in recorded]
     for d, v, s in missing:  # runs another process was still training: wait for its records
-        path = record_path(out, d, v, s)
+        path = record_path(out, d, v, s, steps_of[d.kind])
         print(f"waiting for {path.relative_to(out)} (another process trains it)", flush=True)
         while (found := read_record(path, wanted[d.key, v, s])) is None:
             if claim(path):  # that process stopped without recording it
