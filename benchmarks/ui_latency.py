@@ -101,8 +101,6 @@ def main() -> None:
             rows[name].append(probe(app, viewer, None, busy=lambda: widget.running))
             print(f"round {round_index + 1}/{args.rounds} {name}: {rows[name][-1]['wall_s']:.1f} s, p95 "
                   f"lateness {rows[name][-1]['late_p95_ms']:.1f} ms", flush=True)
-            for extra in [x for x in viewer.layers if x is not layer]:
-                viewer.layers.remove(extra)
     torch.set_num_threads(cores)
 
     summary = []
