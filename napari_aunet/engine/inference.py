@@ -354,28 +354,20 @@ class Segmenter:
             model.training,
         )
 
-    def _prepare_int8(self, volume, transform, mode, axis, roi_size) -> None:
+    def _int8_network(self, calibration: Callable[[], np.ndarray]) -> int8.Int8Network:
         """The quantized network (:func:`~napari_aunet.engine.int8.cached_network`: from the cache folder, or
-        calibrated on ``volume``, the part the network will see), unless it is ready for the model as it is now."""
+        calibrated on ``calibration()``'s samples), made again whenever the model changed (the key of
+        :meth:`_network`)."""
         key = self._model_key()
-        if self._int8 is not None and self._int8[0] == key:
-            return
-        roi = (roi_size,) * volume.ndim if isinstance(roi_size, int) else tuple(roi_size)
-
-        def calibration() -> np.ndarray:
-            return int8.calibration_inputs(volume, transform, mode=mode, axis=axis,
-                                           multiple=self.config.size_multiple, roi_size=roi)
-
-        self._int8 = (key, int8.cached_network(self.model, calibration, threads=torch.get_num_threads()))
+        if self._int8 is None or self._int8[0] != key:
+            self._int8 = (key, int8.cached_network(self.model, calibration, threads=torch.get_num_threads()))
+        return self._int8[1]
 
     def _run(self, batch: np.ndarray) -> tuple[np.ndarray, dict[int, np.ndarray]]:
         """Probabilities ``(N, C, *spatial)`` float32 and attention ``{level: (N, *grid)}`` float32."""
-        if self.precision == "int8":
-            key = self._model_key()
-            if self._int8 is None or self._int8[0] != key:  # a caller that did not calibrate first: this batch
-                samples = int8.padded(np.asarray(batch, dtype=np.float32), self.config.size_multiple)
-                self._int8 = (key, int8.cached_network(self.model, lambda: samples, threads=torch.get_num_threads()))
-            return self._int8[1].run(batch)
+        if self.precision == "int8":  # a caller that did not calibrate on its scan first calibrates on this batch
+            network = self._int8_network(lambda: int8.padded(batch, self.config.size_multiple))
+            return network.run(batch)
         inputs = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
         network = self._network()
         if self.fuse and self.channels_last:
@@ -474,8 +466,11 @@ class Segmenter:
         transform = normalizer(volume, self.config.normalization)
         one_axis = axis % volume.ndim if mode == "2d" and not several and volume.ndim == 3 else None
         box = foreground_box(volume, self.config.size_multiple, slicing_axis=one_axis) if crop else None
-        if self.precision == "int8":
-            self._prepare_int8(volume if box is None else volume[box], transform, mode, axis, roi_size)
+        if self.precision == "int8":  # calibrated on the part the network will see
+            part = volume if box is None else volume[box]
+            roi = (roi_size,) * part.ndim if isinstance(roi_size, int) else tuple(roi_size)
+            self._int8_network(lambda: int8.calibration_inputs(part, transform, mode=mode, axis=axis,
+                                                               multiple=self.config.size_multiple, roi_size=roi))
         if box is not None:
             result = yield from self._segment_part(volume[box], transform, mode, axis, roi_size, overlap,
                                                    return_probabilities, return_attention, spacing, several)

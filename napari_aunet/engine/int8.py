@@ -92,6 +92,7 @@ def quantized_onnx(model: AttentionUNet, calibration: np.ndarray) -> bytes:
     agreement with fp32 0.9943 (grey/white 0.9965/0.9972) against 0.9921 with min/max ranges and everything
     quantized, at the same speed (0.48x ONNX Runtime's fp32)."""
     require()
+    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     network = _Outputs(fused_for_inference(model).cpu()).eval()
@@ -102,8 +103,6 @@ def quantized_onnx(model: AttentionUNet, calibration: np.ndarray) -> bytes:
         torch.onnx.export(network, (torch.from_numpy(calibration[:1]),), exported, dynamo=False,
                           input_names=["x"], dynamic_axes={"x": names}, opset_version=17)
     batches = [calibration[i : i + CALIBRATION_BATCH] for i in range(0, len(calibration), CALIBRATION_BATCH)]
-    import onnx
-
     convolutions = [node.name for node in onnx.load_from_string(exported.getvalue()).graph.node
                     if node.op_type == "Conv"]
     with tempfile.TemporaryDirectory(prefix="aunet-int8-") as folder, _quiet():
