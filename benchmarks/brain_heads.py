@@ -8,13 +8,15 @@ degrees and re-sliced, and with 3 mm slices (pairs of axial slices averaged); ea
 with its three views averaged (3 views; `Segmenter.segment(views=3)`, the brain model's default). Brain = every voxel a model labels
 non-background; "mask" = napari_aunet.engine.postprocess.brain_mask (largest connected group, holes filled), what
 `aunet segment --brain-mask` writes. Grey/white Dice on the ROBEX head is against a 3-class intensity clustering
-inside its mask (a rough reference: no expert labels exist for it). The templates the model trained on are
-scored too, as guards (grey/white Dice on the 2009a template, brain Dice on MNI152NLin6Asym).
+inside its mask (a rough reference: no expert labels exist for it). A second held-out image with a better tissue
+reference: CAT12's T1 template (an average of 555 IXI heads, brain only; deepmriprep wheel) against CAT12's own
+grey/white probability maps (`Template_4_GS`), beside a 3-class k-means inside its brain (the script a user would
+write for a skull-stripped scan). The templates the model trained on are scored too, as guards (grey/white Dice on the 2009a template, brain Dice on MNI152NLin6Asym).
 
 The baseline is the script a user would otherwise write: Otsu threshold, 5 mm erosion, largest component, 5 mm
 dilation, holes filled (scipy + scikit-image, as napari brings them).
 
-    pip download --no-deps nimare==0.22.1 -d benchmarks/.cache      # once (make bench-data)
+    pip download --no-deps nimare==0.22.1 deepmriprep==0.3.0 -d benchmarks/.cache      # once (make bench-data)
     python benchmarks/brain_heads.py [--model brain] [--model OLD.safetensors] [--views 1] [--views 3] [--json out.json]
                                      [--screenshot docs/brain_head.png]
 
@@ -36,7 +38,16 @@ from skimage.filters import threshold_otsu
 from napari_aunet.engine.bundled import load_model
 from napari_aunet.engine.inference import Segmenter
 from napari_aunet.engine.postprocess import brain_mask, largest_component
-from napari_aunet.training_data import Head, mni152nlin6, mni2009a, robex, spacing_of, tilted
+from napari_aunet.training_data import (
+    Head,
+    cat12_template,
+    intensity_classes,
+    mni152nlin6,
+    mni2009a,
+    robex,
+    spacing_of,
+    tilted,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -137,6 +148,18 @@ def run(models: list[str], data: Path, views: list[int], axis: int = 2) -> list[
             if case == "ROBEX head":
                 row.update(grey_white(result.labels, labels, result.class_names))
             rows.append(row)
+    template = cat12_template(data)  # held out, with tissue maps made by CAT12, not by us
+    inside = template.labels > 0
+    rows.append({"case": "CAT12 template (held out)", "method": "k-means inside the brain (3 classes)",
+                 **grey_white(intensity_classes(template.image, inside, 3), template.labels,
+                              ("csf", "grey matter", "white matter"))})
+    for name, (segmenter, count) in segmenters.items():
+        started = time.perf_counter()
+        result = segmenter.segment(template.image, mode="2d", axis=axis, spacing=template.spacing, views=count,
+                                   return_attention=False)
+        rows.append({"case": "CAT12 template (held out)", "method": name, "seconds": time.perf_counter() - started,
+                     **score_brain(result.labels, inside, template.spacing),
+                     **grey_white(result.labels, template.labels, result.class_names)})
     for head in (mni2009a(), mni152nlin6(data)):
         for name, (segmenter, count) in segmenters.items():
             result = segmenter.segment(head.image, mode="2d", axis=axis, spacing=head.spacing, views=count,

@@ -148,6 +148,7 @@ def _head(name: str, image: np.ndarray, brain: np.ndarray, grey_white: np.ndarra
 ATLAS_FOLDER = "deepmriprep/data/templates/"
 ATLAS_GRID = "lpba40"  # the atlases' common 1 mm grid (161 x 197 x 161, MNI)
 ATLAS_TEMPLATE = "Template_05mm_bet"  # CAT12's T1 template (brain only, 0.5 mm) in the atlases' space
+CAT12_TISSUE = "Template_4_GS"  # CAT12's tissue template: GM, WM, rest probability maps (1.5 mm)
 
 
 @dataclass(frozen=True)
@@ -212,6 +213,24 @@ def mni2009a() -> Head:
     affine = nib.load(resources_dir() / "samples" / MNI_STEM.format("t1")).affine
     return _head("mni2009a", image, image > 0, grey_white, affine,
                  f"resources/samples/{MNI_STEM.format('{t1,gm,wm}')} (MNI ICBM 2009a, see MNI152_NOTICE.txt)")
+
+
+def cat12_template(directory: str | Path) -> Head:
+    """CAT12's T1 template (brain only, an average of 555 IXI heads) on the atlases' 1 mm grid, with grey and white
+    matter from CAT12's own tissue template (``Template_4_GS``, its GM/WM probability maps, resampled linearly;
+    the same rule as :func:`mni_tissue`); brain = the non-zero voxels. No bundled model trains on it."""
+    source = wheel(directory, "deepmriprep")
+    grid = read_member(source, f"{ATLAS_FOLDER}{ATLAS_GRID}.nii.gz")
+    image = resample_onto(read_member(source, f"{ATLAS_FOLDER}{ATLAS_TEMPLATE}.nii.gz"), grid, 1, blur=0.85)
+    maps = read_member(source, f"{ATLAS_FOLDER}{CAT12_TISSUE}.nii.gz")
+    data = np.asarray(maps.dataobj, np.float32)
+    grey, white = (resample_onto(nib.Nifti1Image(data[..., k], maps.affine), grid, 1) for k in (0, 1))
+    grey_white = np.zeros(grey.shape, np.uint8)
+    top = float(data[..., :2].max())
+    grey_white[(grey >= white) & (grey >= 0.5 * top)] = 1
+    grey_white[(white > grey) & (white >= 0.5 * top)] = 2
+    return _head("CAT12 template", image.astype(np.float32), image > 0.02 * float(image.max()), grey_white,
+                 grid.affine, f"deepmriprep wheel {ATLAS_FOLDER}{{{ATLAS_TEMPLATE},{CAT12_TISSUE}}}.nii.gz")
 
 
 def mni152nlin6(directory: str | Path) -> Head:
