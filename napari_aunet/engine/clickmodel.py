@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from .config import ModelConfig, Normalization
 from .model import AttentionUNet
@@ -71,27 +72,13 @@ def click_maps(shape: tuple[int, int], positives, negatives, sigma: float = CLIC
     return maps
 
 
-def _erode(region: np.ndarray) -> np.ndarray:
-    out = region.copy()
-    out[1:] &= region[:-1]
-    out[:-1] &= region[1:]
-    out[:, 1:] &= region[:, :-1]
-    out[:, :-1] &= region[:, 1:]
-    out[0, :] = out[-1, :] = out[:, 0] = out[:, -1] = False
-    return out
-
-
 def deepest_point(region: np.ndarray, rng: np.random.Generator | None = None) -> tuple[int, int] | None:
-    """A pixel of ``region`` (2D bool) farthest from its border (by repeated erosion); None if empty."""
+    """A pixel of ``region`` (2D bool) farthest from its border (city-block distance, outside the array counting as
+    border; ties: the middle one, or a random one with ``rng``); None if empty."""
     if not region.any():
         return None
-    current = region
-    while True:
-        eroded = _erode(current)
-        if not eroded.any():
-            break
-        current = eroded
-    candidates = np.argwhere(current)
+    depth = ndimage.distance_transform_cdt(np.pad(region, 1), metric="taxicab")[1:-1, 1:-1]
+    candidates = np.argwhere(depth == depth.max())
     index = int(rng.integers(len(candidates))) if rng is not None else len(candidates) // 2
     return int(candidates[index][0]), int(candidates[index][1])
 

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 from .clickmodel import CLICK_SIGMA, box_map, deepest_point, is_click_model, predict_object, takes_boxes
 from .geometry import GridGeometry
@@ -54,39 +55,19 @@ class ClickUpdate:
     seconds: float
 
 
-def _dilate(region: np.ndarray) -> np.ndarray:
-    """3x3(x3) box dilation of a bool array (8/26-connectivity), by shifted ORs along each axis."""
-    out = region
-    for axis in range(region.ndim):
-        grown = out.copy()
-        lower = [slice(None)] * region.ndim
-        upper = [slice(None)] * region.ndim
-        lower[axis], upper[axis] = slice(1, None), slice(None, -1)
-        grown[tuple(lower)] |= out[tuple(upper)]
-        grown[tuple(upper)] |= out[tuple(lower)]
-        out = grown
-    return out
-
-
 def flood_fill(mask: np.ndarray, seed: tuple[int, ...] | np.ndarray) -> np.ndarray:
     """The connected components of ``mask`` (8/26-connected) holding ``seed``: a voxel index, or a bool
     array of seed voxels (every component touching one is kept). Empty when no seed lies inside ``mask``."""
     mask = np.asarray(mask, dtype=bool)
     if isinstance(seed, np.ndarray) and seed.dtype == bool:
-        region = seed & mask
+        seeds = seed & mask
     else:
-        region = np.zeros(mask.shape, bool)
-        region[tuple(seed)] = mask[tuple(seed)]
-    if not region.any():
-        return region
-    count = -1
-    while True:
-        for _ in range(8):
-            region = _dilate(region) & mask
-        total = int(np.count_nonzero(region))
-        if total == count:
-            return region
-        count = total
+        seeds = np.zeros(mask.shape, bool)
+        seeds[tuple(seed)] = mask[tuple(seed)]
+    if not seeds.any():
+        return seeds
+    parts, _ = ndimage.label(mask, structure=np.ones((3,) * mask.ndim, bool))
+    return np.isin(parts, np.unique(parts[seeds]))
 
 
 class ClickSegmenter:
@@ -288,8 +269,6 @@ class ClickSegmenter:
                 else:  # the model places a small object a pixel or two off the click: take it within the blob
                     seeds |= inside & ((rows - r) ** 2 + (cols - c) ** 2 <= CLICK_SIGMA**2)
         if not positives and box is not None:
-            from scipy import ndimage
-
             parts, count = ndimage.label(inside & (box_map(inside.shape, box) > 0), np.ones((3, 3)))
             if count:
                 seeds = parts == 1 + int(np.argmax(ndimage.sum_labels(np.ones_like(parts), parts, range(1, count + 1))))
@@ -323,7 +302,7 @@ class ClickSegmenter:
                 inner = deepest_point(previous)
                 anchor = (inner[0] + window[0].start, inner[1] + window[1].start)
                 _, grown = self._guided_on_plane(axis, current, [anchor], [], window=window)
-                if grown.sum() < 5 or not (grown & _dilate(previous)).any():  # a few stray pixels end it too
+                if grown.sum() < 5 or not (grown & ndimage.binary_dilation(previous, np.ones((3, 3), bool))).any():  # a few stray pixels end it too
                     break
                 if not self._looks_alike(axis, (current - direction, current), window, (previous, grown)):
                     break  # past the structure's end the pseudo-click lands on something else
