@@ -11,7 +11,8 @@ non-background; "mask" = napari_aunet.engine.postprocess.brain_mask (largest con
 inside its mask (a rough reference: no expert labels exist for it). A second held-out image with a better tissue
 reference: CAT12's T1 template (an average of 555 IXI heads, brain only; deepmriprep wheel) against CAT12's own
 grey/white probability maps (`Template_4_GS`), beside a 3-class k-means inside its brain (the script a user would
-write for a skull-stripped scan). The templates the model trained on are scored too, as guards (grey/white Dice on the 2009a template, brain Dice on MNI152NLin6Asym).
+write for a skull-stripped scan). The templates the model trained on are scored too, as guards (grey/white Dice on
+the 2009a template, brain Dice on MNI152NLin6Asym).
 
 The baseline is the script a user would otherwise write: Otsu threshold, 5 mm erosion, largest component, 5 mm
 dilation, holes filled (scipy + scikit-image, as napari brings them).
