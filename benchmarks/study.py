@@ -33,7 +33,8 @@ later (the one-cycle schedule anneals to the budget, so a run settles by its end
 Reported, per data set and variant: final test Dice and IoU (mean ± sample std over seeds); the test Dice
 every --evaluate-every steps (curves; MNI: on every 4th test slice) and whether the curve flattened (the
 seed-mean curve's last 20 % of points: mean of its second half minus mean of its first half, |change| <
-0.005); the paired difference to the U-Net per seed (mean, 95 % t interval with n-1 degrees of freedom,
+0.005) and when each run took off (the first evaluated step with test Dice >= 0.5: the lesion runs sit at 0
+until then, and a run that never takes off is flat too); the paired difference to the U-Net per seed (mean, 95 % t interval with n-1 degrees of freedom,
 paired t-test p, Holm-adjusted within the data set, Wilcoxon signed-rank p from 6 seeds on) and a verdict
 (helps: interval above 0; hurts: below 0; else no difference shown); parameters and CPU inference ms
 (128x128 slice, 3D: 32^3 volume, batch 1, fastest of 20 repeats); and for every all-gate variant's seed-0 model
@@ -107,6 +108,7 @@ LESION_3D = (2.0, 3.0)
 DATA_KEYS = ("mni", *LESION_SIZES, "3d")
 # the study of docs/study.md: MNI tissue, the smallest lesions, 3D; r4-6 and r2-3 run when asked for
 DEFAULT_DATA = ("mni", "r1-1.5", "3d")
+TAKE_OFF = 0.5  # test Dice a run has "taken off" at (the lesion runs sit at 0 until they do)
 MNI_TRAIN_BELOW, MNI_TEST_FROM, CROP = 80, 90, 96
 FULL = {"seeds": 5, "mni_steps": 1500, "phantom_steps": 1000, "steps_3d": 600, "evaluate_every": 50,
         "mni_test": None, "phantom_test": 48, "test_3d": 24, "importance_slices": 8, "timing_repeats": 20}
@@ -433,6 +435,11 @@ def flattening(curves: list[list], tail: float, tolerance: float) -> dict:
             "from_step": int(steps[-count])}
 
 
+def take_off(curve: list, level: float = TAKE_OFF) -> int | None:
+    """The first evaluated step at which a run's test Dice reached ``level``; None when it never did."""
+    return next((int(step) for step, dice in curve if dice >= level), None)
+
+
 def paired(variant_dice: dict[int, float], baseline_dice: dict[int, float]) -> dict:
     """variant - baseline per common seed: mean, 95 % t interval, paired t-test p, Wilcoxon p (n >= 6) and
     the verdict."""
@@ -741,7 +748,8 @@ def main() -> None:
                             "iou_std": float(iou.std(ddof=ddof)), "dice_per_seed": dice.round(5).tolist(),
                             "parameters": timing_cache[key][0], "inference_ms": timing_cache[key][1]})
             flat.append({"data": data.name, "variant": variant, "steps": steps_of[data.kind],
-                         **flattening([r["curve"] for r in selected], args.flat_tail, args.flat_tolerance)})
+                         **flattening([r["curve"] for r in selected], args.flat_tail, args.flat_tolerance),
+                         "take_off": [take_off(r["curve"]) for r in sorted(selected, key=lambda r: r["seed"])]})
         if BASELINE in by_variant:
             base = {r["seed"]: r["dice"] for r in by_variant[BASELINE]}
             rows = [{"data": data.name, "variant": v,
@@ -774,6 +782,14 @@ def main() -> None:
         [[f["data"], f["variant"], str(f["steps"]), str(f["from_step"]), fmt(f["change"], 4, signed=True),
           ("yes, at 0: nothing learnt" if f["near_zero"] else "yes") if f["flattened"] else "NO"]
          for f in flat])
+    tables["take_off"] = (
+        f"Take-off: the first evaluated step at which each seed's test Dice reached {TAKE_OFF} (seeds in order; "
+        "never = not within the budget)",
+        ["data", "variant", "steps", "take-off step per seed", "median", "never"],
+        [[f["data"], f["variant"], str(f["steps"]), " ".join("never" if t is None else str(t) for t in f["take_off"]),
+          str(int(np.median([t for t in f["take_off"] if t is not None]))) if any(
+              t is not None for t in f["take_off"]) else "–",
+          str(sum(t is None for t in f["take_off"]))] for f in flat])
     importance_rows = []
     for entry in importance:
         for level in sorted(entry["levels"], key=lambda row: row["level"]):
@@ -814,7 +830,7 @@ def main() -> None:
                                                  for d, c, t, v in made_on)
                  + f"; training and evaluation of the {len(runs)} runs took {clock(training_s)} in all. Raw "
                  f"numbers: `{shown}/study.json` and one record per run in `{shown}/runs/`."]
-        for key in ("results", "paired", "flattening", "importance"):
+        for key in ("results", "paired", "flattening", "take_off", "importance"):
             title, headers, rows = tables[key]
             parts.append(f"### {title}\n\n{markdown_table(headers, rows)}")
         parts.append("Verdict: *helps* when the 95 % interval of the paired difference lies above 0, "
