@@ -150,24 +150,18 @@ def run(models: list[str], data: Path, views: list[int], axis: int = 2) -> list[
                 row.update(grey_white(result.labels, labels, result.class_names))
             rows.append(row)
     template = cat12_template(data)  # held out, with tissue maps made by CAT12, not by us
-    inside = template.labels > 0
     rows.append({"case": "CAT12 template (held out)", "method": "k-means inside the brain (3 classes)",
-                 **grey_white(intensity_classes(template.image, inside, 3), template.labels,
+                 **grey_white(intensity_classes(template.image, template.brain, 3), template.labels,
                               ("csf", "grey matter", "white matter"))})
-    for name, (segmenter, count) in segmenters.items():
-        started = time.perf_counter()
-        result = segmenter.segment(template.image, mode="2d", axis=axis, spacing=template.spacing, views=count,
-                                   return_attention=False)
-        rows.append({"case": "CAT12 template (held out)", "method": name, "seconds": time.perf_counter() - started,
-                     **score_brain(result.labels, inside, template.spacing),
-                     **grey_white(result.labels, template.labels, result.class_names)})
-    for head in (mni2009a(), mni152nlin6(data)):
+    for head, kind, tissue in ((template, "held out", True), (mni2009a(), "trained on", True),
+                               (mni152nlin6(data), "trained on", False)):  # tissue: GM/WM not from our k-means
         for name, (segmenter, count) in segmenters.items():
+            started = time.perf_counter()
             result = segmenter.segment(head.image, mode="2d", axis=axis, spacing=head.spacing, views=count,
                                        return_attention=False)
-            row = {"case": f"{head.name} (trained on)", "method": name,
+            row = {"case": f"{head.name} ({kind})", "method": name, "seconds": time.perf_counter() - started,
                    **score_brain(result.labels, head.brain, head.spacing)}
-            if head.name == "mni2009a":
+            if tissue:
                 row.update(grey_white(result.labels, head.labels, result.class_names))
             rows.append(row)
     return rows

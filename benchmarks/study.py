@@ -34,7 +34,8 @@ Reported, per data set and variant: final test Dice and IoU (mean ± sample std 
 every --evaluate-every steps (curves; MNI: on every 4th test slice) and whether the curve flattened (the
 seed-mean curve's last 20 % of points: mean of its second half minus mean of its first half, |change| <
 0.005) and when each run took off (the first evaluated step with test Dice >= 0.5: the lesion runs sit at 0
-until then, and a run that never takes off is flat too); the paired difference to the U-Net per seed (mean, 95 % t interval with n-1 degrees of freedom,
+until then, and a run that never takes off is flat too); the paired difference to the U-Net per seed (mean,
+95 % t interval with n-1 degrees of freedom,
 paired t-test p, Holm-adjusted within the data set, Wilcoxon signed-rank p from 6 seeds on) and a verdict
 (helps: interval above 0; hurts: below 0; else no difference shown); parameters and CPU inference ms
 (128x128 slice, 3D: 32^3 volume, batch 1, fastest of 20 repeats); and for every all-gate variant's seed-0 model
@@ -440,6 +441,13 @@ def take_off(curve: list, level: float = TAKE_OFF) -> int | None:
     return next((int(step) for step, dice in curve if dice >= level), None)
 
 
+def take_off_cells(steps: list[int | None]) -> list[str]:
+    """Table cells of one variant's take-off steps: per seed, their median, how many never took off."""
+    reached = [t for t in steps if t is not None]
+    return [" ".join("never" if t is None else str(t) for t in steps),
+            str(int(np.median(reached))) if reached else "–", str(len(steps) - len(reached))]
+
+
 def paired(variant_dice: dict[int, float], baseline_dice: dict[int, float]) -> dict:
     """variant - baseline per common seed: mean, 95 % t interval, paired t-test p, Wilcoxon p (n >= 6) and
     the verdict."""
@@ -786,10 +794,7 @@ def main() -> None:
         f"Take-off: the first evaluated step at which each seed's test Dice reached {TAKE_OFF} (seeds in order; "
         "never = not within the budget)",
         ["data", "variant", "steps", "take-off step per seed", "median", "never"],
-        [[f["data"], f["variant"], str(f["steps"]), " ".join("never" if t is None else str(t) for t in f["take_off"]),
-          str(int(np.median([t for t in f["take_off"] if t is not None]))) if any(
-              t is not None for t in f["take_off"]) else "–",
-          str(sum(t is None for t in f["take_off"]))] for f in flat])
+        [[f["data"], f["variant"], str(f["steps"]), *take_off_cells(f["take_off"])] for f in flat])
     importance_rows = []
     for entry in importance:
         for level in sorted(entry["levels"], key=lambda row: row["level"]):

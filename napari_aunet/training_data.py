@@ -174,14 +174,19 @@ def resample_onto(source: nib.Nifti1Image, grid: nib.Nifti1Image, order: int, bl
                                     order=order, mode="constant", cval=0)
 
 
+def _cat12_t1(source: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """The atlases' 1 mm grid and CAT12's 0.5 mm T1 template resampled onto it (blurred against aliasing)."""
+    grid = read_member(source, f"{ATLAS_FOLDER}{ATLAS_GRID}.nii.gz")
+    return grid, resample_onto(read_member(source, f"{ATLAS_FOLDER}{ATLAS_TEMPLATE}.nii.gz"), grid, 1, blur=0.85)
+
+
 def atlas_set(directory: str | Path, names: tuple[str, ...], image: str = "template") -> AtlasSet:
     """The deepmriprep wheel's atlases ``names`` (read as a zip, never installed) on their common 1 mm grid, with
     CAT12's T1 template (``image="template"``) or the MNI ICBM 2009a T1 shipped in resources (``"mni2009a"``, an
     image the click model never trains on; the atlases are mapped onto it through the MNI coordinates)."""
     source = wheel(directory, "deepmriprep")
     if image == "template":
-        grid = read_member(source, f"{ATLAS_FOLDER}{ATLAS_GRID}.nii.gz")
-        t1 = resample_onto(read_member(source, f"{ATLAS_FOLDER}{ATLAS_TEMPLATE}.nii.gz"), grid, 1, blur=0.85)
+        grid, t1 = _cat12_t1(source)
     elif image == "mni2009a":
         grid = nib.load(resources_dir() / "samples" / MNI_STEM.format("t1"))
         t1 = _voxels(grid)
@@ -198,11 +203,16 @@ def mni_tissue() -> tuple[np.ndarray, np.ndarray]:
 
     samples = resources_dir() / "samples"
     t1, gm, wm = (load_scan(samples / MNI_STEM.format(kind)).data for kind in ("t1", "gm", "wm"))
-    gm, wm = gm.astype(np.int16), wm.astype(np.int16)
-    labels = np.zeros(gm.shape, np.uint8)
-    labels[(gm >= wm) & (gm >= 128)] = 1
-    labels[(wm > gm) & (wm >= 128)] = 2
-    return np.ascontiguousarray(t1), labels
+    return np.ascontiguousarray(t1), grey_white_from_maps(gm.astype(np.int16), wm.astype(np.int16), 128)
+
+
+def grey_white_from_maps(grey: np.ndarray, white: np.ndarray, half: float) -> np.ndarray:
+    """Labels 0 background, 1 grey matter (p_gm >= p_wm and p_gm >= half), 2 white matter (p_wm > p_gm and
+    p_wm >= half) from two probability maps whose certainty is 2 * ``half``."""
+    labels = np.zeros(grey.shape, np.uint8)
+    labels[(grey >= white) & (grey >= half)] = 1
+    labels[(white > grey) & (white >= half)] = 2
+    return labels
 
 
 def mni2009a() -> Head:
@@ -220,15 +230,11 @@ def cat12_template(directory: str | Path) -> Head:
     matter from CAT12's own tissue template (``Template_4_GS``, its GM/WM probability maps, resampled linearly;
     the same rule as :func:`mni_tissue`); brain = the non-zero voxels. No bundled model trains on it."""
     source = wheel(directory, "deepmriprep")
-    grid = read_member(source, f"{ATLAS_FOLDER}{ATLAS_GRID}.nii.gz")
-    image = resample_onto(read_member(source, f"{ATLAS_FOLDER}{ATLAS_TEMPLATE}.nii.gz"), grid, 1, blur=0.85)
+    grid, image = _cat12_t1(source)
     maps = read_member(source, f"{ATLAS_FOLDER}{CAT12_TISSUE}.nii.gz")
     data = np.asarray(maps.dataobj, np.float32)
     grey, white = (resample_onto(nib.Nifti1Image(data[..., k], maps.affine), grid, 1) for k in (0, 1))
-    grey_white = np.zeros(grey.shape, np.uint8)
-    top = float(data[..., :2].max())
-    grey_white[(grey >= white) & (grey >= 0.5 * top)] = 1
-    grey_white[(white > grey) & (white >= 0.5 * top)] = 2
+    grey_white = grey_white_from_maps(grey, white, 0.5 * float(data[..., :2].max()))
     return _head("CAT12 template", image.astype(np.float32), image > 0.02 * float(image.max()), grey_white,
                  grid.affine, f"deepmriprep wheel {ATLAS_FOLDER}{{{ATLAS_TEMPLATE},{CAT12_TISSUE}}}.nii.gz")
 
