@@ -10,6 +10,9 @@ Simulated user (DeepEdit/RITM protocol): the first click at the deepest point of
 deepest point of the largest error region, positive where the object was missed, negative where it overflowed.
 Every model runs through the ClickSegmenter the GUI and `aunet click` use, on the whole 3D volume (normalised as in
 the GUI). "cut" is the share of objects whose mask after the first click reaches an inner edge of the model's window.
+Each table is followed by the same Dice split by kind: "structure" (deep grey matter, ventricles, brainstem,
+cerebellum, corpus callosum, hippocampus, amygdala: borders an image shows) and "cortical" (a gyrus or lobe part
+with its white matter, cut from its neighbours by atlas lines).
 "3D": Dice of the first click propagated through up to 24 slices each way against the structure's 3D connected
 region within those slices; "(2D)" the clicked slice alone against the same reference.
 Baselines fed the same clicks: a flood fill of each positive click's intensity range (mean +- 1.5 sd of its 5x5
@@ -41,6 +44,43 @@ ROOT = Path(__file__).resolve().parents[1]
 COUNTS = (1, 3, 5)
 HELD_OUT = "hammers"
 AXIS = 2  # axial on the atlases' grid and on the MNI 2009a grid
+# Hammers regions with borders an image shows (deep grey matter, ventricles, brainstem, cerebellum, corpus callosum,
+# hippocampus, amygdala): "structures"; the rest are cortical regions (a gyrus or lobe part with its white matter,
+# cut from its neighbours by atlas lines inside the white matter)
+STRUCTURE_WORDS = ("hippocampus", "amygdala", "caudate", "putamen", "pallidum", "thalamus", "accumbens", "nigra",
+                   "ventricle", "brainstem", "cerebellum", "corpus callosum")
+
+
+def label_kinds(data: str) -> dict[int, str]:
+    """Hammers label id -> "structure" or "cortical", from the atlas's own table in the wheel."""
+    import zipfile
+
+    from napari_aunet.training_data import ATLAS_FOLDER, wheel
+
+    with zipfile.ZipFile(wheel(data, "deepmriprep")) as archive:
+        rows = archive.read(f"{ATLAS_FOLDER}{HELD_OUT}.csv").decode().splitlines()[1:]
+    kinds = {}
+    for row in rows:
+        number, name = row.split(";")[:2]
+        kinds[int(number)] = "structure" if any(w in name.lower() for w in STRUCTURE_WORDS) else "cortical"
+    return kinds
+
+
+def object_kinds(labels: np.ndarray, objects: list, kinds: dict[int, str]) -> list[str]:
+    return [kinds.get(int(np.bincount(labels[:, :, i][t].astype(np.int64)).argmax()), "cortical") for i, t in objects]
+
+
+def by_kind(rows: list[dict], kinds: list[str]) -> str:
+    """ "structures (n) 1/3/5: ..., cortical (n) ..." for the printed table."""
+    parts = []
+    for kind in ("structure", "cortical"):
+        chosen = [r for r, k in zip(rows, kinds, strict=True) if k == kind]
+        if chosen:
+            parts.append(f"{kind} ({len(chosen)}) " + " / ".join(f"{np.mean([r[c] for r in chosen]):.3f}"
+                                                                for c in COUNTS))
+        else:
+            parts.append(f"{kind} (0)")
+    return "    by kind, Dice after " + "/".join(map(str, COUNTS)) + " clicks: " + "; ".join(parts)
 
 
 def held_out_objects(labels: np.ndarray, image: np.ndarray, count: int, rng: np.random.Generator):
@@ -159,11 +199,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     models = args.model or ["click"]
     results = []
+    label_kind = label_kinds(args.data)
     for image_name in ("template", "mni2009a"):
         held = atlas_set(args.data, (HELD_OUT,), image=image_name)
         volume, labels = held.image, held.atlases[HELD_OUT]
         objects = held_out_objects(labels, volume, args.objects, np.random.default_rng(args.seed))
         sizes = np.array([int(t.sum()) for _, t in objects])
+        kinds = object_kinds(labels, objects, label_kind)
         print(f"\n{image_name}: {len(objects)} held-out {HELD_OUT} objects on axial slices % 5 == 0, "
               f"{sizes.min()}-{sizes.max()} px (median {int(np.median(sizes))})")
         print(f"{'method':40} {'1 click':>8} {'3 clicks':>8} {'5 clicks':>8} {'box':>6} {'cut':>5} {'p95 ms':>7} "
@@ -188,6 +230,9 @@ def main() -> None:
             results.append(row)
             print(f"{row['method']:40} {means[1]:8.3f} {means[3]:8.3f} {means[5]:8.3f} {row['box']:6.3f} "
                   f"{row['cut']:5.2f} {row['p95_ms']:7.1f} {row['dice_3d']:6.3f} {row['dice_3d_one_slice']:6.3f}")
+            print(by_kind(rows, kinds))
+            row["objects"] = [{"kind": k, **{f"dice_{c}": round(r[c], 4) for c in COUNTS}}
+                              for r, k in zip(rows, kinds, strict=True)]
         for label, method in (("flood fill of the click's range", flood_baseline),
                               ("random walker (skimage)", walker_baseline)):
             started = time.perf_counter()
@@ -197,6 +242,7 @@ def main() -> None:
                    "seconds": round(time.perf_counter() - started, 1)}
             results.append(row)
             print(f"{label:40} {means[1]:8.3f} {means[3]:8.3f} {means[5]:8.3f} {'':>6} {'':>5} {'':>7}")
+            print(by_kind(rows, kinds))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"objects": args.objects, "held_out": HELD_OUT, "rows": results}, indent=1))
 
