@@ -119,7 +119,7 @@ def brain_batches(heads: list[Head], batch_size: int, crop: int, seed: int,
                 index, centre = int(voxel[axis]), [int(v) for a, v in enumerate(voxel) if a != axis]
             else:
                 index = int(rng.choice(occupied[which][axis]))
-            at = (slice(None),) * axis + (index,)  # a view: np.take would copy through fancy indexing, 10x slower
+            at = _plane_of(axis, index)
             target = heads[which].labels[at]
             if rng.random() < synthetic:
                 plane = synthetic_image(heads[which].tissue[at], rng, classes)
@@ -304,15 +304,15 @@ def click_samples(seed: int = 0, data: str | os.PathLike | None = None, held_out
                 where = training_slice(tissue_image.shape, rng)
                 if where is None:
                     continue
-                plane_labels = np.take(tissue_labels, where[1], axis=where[0])
+                plane_labels = tissue_labels[_plane_of(*where)]
                 target = random_component(plane_labels == int(rng.integers(1, 3)), rng)
                 if target is None:
                     continue
-                return window_around(np.take(tissue_normalized, where[1], axis=where[0]), target, rng, CLICK_WINDOW)
+                return window_around(tissue_normalized[_plane_of(*where)], target, rng, CLICK_WINDOW)
             where = training_slice(template.shape, rng)
             if where is None:
                 continue
-            plane = np.take(template, where[1], axis=where[0])
+            plane = template[_plane_of(*where)]
             if kind == "synthetic":
                 inside = np.argwhere(plane > 0.1)  # centred in the head: a shape on air teaches little
                 if not len(inside):
@@ -324,7 +324,7 @@ def click_samples(seed: int = 0, data: str | os.PathLike | None = None, held_out
                 if made is None:
                     continue
                 return made
-            labels = np.take(drawn.atlases[names[int(rng.integers(len(names)))]], where[1], axis=where[0])
+            labels = drawn.atlases[names[int(rng.integers(len(names)))]][_plane_of(*where)]
             present = np.unique(labels[labels > 0])
             if not present.size:
                 continue
@@ -334,6 +334,12 @@ def click_samples(seed: int = 0, data: str | os.PathLike | None = None, held_out
             return window_around(plane, target, rng, CLICK_WINDOW)
 
     return sample
+
+
+def _plane_of(axis: int, index: int) -> tuple:
+    """Index of slice ``index`` along ``axis``: a view of a volume (np.take copies a 2D slice out of a 3D volume through
+    fancy indexing: 130 ms a slice in this sampler, most of its time)."""
+    return (slice(None),) * axis + (index,)
 
 
 def train_click_model(*, steps: int = CLICK_STEPS, seed: int = 0, data: str | os.PathLike | None = None,
