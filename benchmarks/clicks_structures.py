@@ -12,7 +12,8 @@ Every model runs through the ClickSegmenter the GUI and `aunet click` use, on th
 the GUI). "cut" is the share of objects whose mask after the first click reaches an inner edge of the model's window.
 Each table is followed by the same Dice split by kind: "structure" (deep grey matter, ventricles, brainstem,
 cerebellum, corpus callosum, hippocampus, amygdala: borders an image shows) and "cortical" (a gyrus or lobe part
-with its white matter, cut from its neighbours by atlas lines).
+with its white matter, cut from its neighbours by atlas lines), and by size (below and from the median object on;
+an object drawn twice counts once).
 "3D": Dice of the first click propagated through up to 24 slices each way against the structure's 3D connected
 region within those slices; "(2D)" the clicked slice alone against the same reference.
 Baselines fed the same clicks: a flood fill of each positive click's intensity range (mean +- 1.5 sd of its 5x5
@@ -70,29 +71,29 @@ def object_kinds(labels: np.ndarray, objects: list, kinds: dict[int, str]) -> li
     return [kinds.get(int(np.bincount(labels[:, :, i][t].astype(np.int64)).argmax()), "cortical") for i, t in objects]
 
 
-def by_kind(rows: list[dict], kinds: list[str]) -> str:
-    """ "structures (n) 1/3/5: ..., cortical (n) ..." for the printed table."""
+def by_group(rows: list[dict], groups: list[str], title: str) -> str:
+    """ "    by TITLE, Dice after 1/3/5 clicks: group (n) ...; ..." for the printed table, groups in order of appearance."""
     parts = []
-    for kind in ("structure", "cortical"):
-        chosen = [r for r, k in zip(rows, kinds, strict=True) if k == kind]
-        if chosen:
-            parts.append(f"{kind} ({len(chosen)}) " + " / ".join(f"{np.mean([r[c] for r in chosen]):.3f}"
-                                                                for c in COUNTS))
-        else:
-            parts.append(f"{kind} (0)")
-    return "    by kind, Dice after " + "/".join(map(str, COUNTS)) + " clicks: " + "; ".join(parts)
+    for group in dict.fromkeys(groups):
+        chosen = [r for r, g in zip(rows, groups, strict=True) if g == group]
+        parts.append(f"{group} ({len(chosen)}) " + " / ".join(f"{np.mean([r[c] for r in chosen]):.3f}" for c in COUNTS))
+    return f"    by {title}, Dice after " + "/".join(map(str, COUNTS)) + " clicks: " + "; ".join(parts)
 
 
 def held_out_objects(labels: np.ndarray, image: np.ndarray, count: int, rng: np.random.Generator):
     """``count`` (slice index, bool mask) objects: a connected region of one label on a held-out axial slice."""
     slices = [i for i in range(labels.shape[AXIS]) if i % 5 == 0 and labels[:, :, i].any()]
-    found = []
+    found, seen = [], set()
     while len(found) < count:
         index = int(rng.choice(slices))
         plane = labels[:, :, index]
         present = np.unique(plane[plane > 0])
         target = random_component(plane == int(rng.choice(present)), rng, minimum=20)
-        if target is not None and image[:, :, index][target].mean() > 0.05 * image.max():
+        if target is None or image[:, :, index][target].mean() <= 0.05 * image.max():
+            continue
+        key = (index, int(np.flatnonzero(target)[0]))  # an object drawn twice counts once
+        if key not in seen:
+            seen.add(key)
             found.append((index, target))
     return found
 
@@ -206,6 +207,8 @@ def main() -> None:
         objects = held_out_objects(labels, volume, args.objects, np.random.default_rng(args.seed))
         sizes = np.array([int(t.sum()) for _, t in objects])
         kinds = object_kinds(labels, objects, label_kind)
+        median = int(np.median(sizes))
+        scales = [f"< {median} px" if size < median else f">= {median} px" for size in sizes]
         print(f"\n{image_name}: {len(objects)} held-out {HELD_OUT} objects on axial slices % 5 == 0, "
               f"{sizes.min()}-{sizes.max()} px (median {int(np.median(sizes))})")
         print(f"{'method':40} {'1 click':>8} {'3 clicks':>8} {'5 clicks':>8} {'box':>6} {'cut':>5} {'p95 ms':>7} "
@@ -230,9 +233,10 @@ def main() -> None:
             results.append(row)
             print(f"{row['method']:40} {means[1]:8.3f} {means[3]:8.3f} {means[5]:8.3f} {row['box']:6.3f} "
                   f"{row['cut']:5.2f} {row['p95_ms']:7.1f} {row['dice_3d']:6.3f} {row['dice_3d_one_slice']:6.3f}")
-            print(by_kind(rows, kinds))
-            row["objects"] = [{"kind": k, **{f"dice_{c}": round(r[c], 4) for c in COUNTS}}
-                              for r, k in zip(rows, kinds, strict=True)]
+            print(by_group(rows, kinds, "kind"))
+            print(by_group(rows, scales, "size"))
+            row["objects"] = [{"kind": k, "pixels": int(n), **{f"dice_{c}": round(r[c], 4) for c in COUNTS}}
+                              for r, k, n in zip(rows, kinds, sizes, strict=True)]
         for label, method in (("flood fill of the click's range", flood_baseline),
                               ("random walker (skimage)", walker_baseline)):
             started = time.perf_counter()
@@ -242,7 +246,8 @@ def main() -> None:
                    "seconds": round(time.perf_counter() - started, 1)}
             results.append(row)
             print(f"{label:40} {means[1]:8.3f} {means[3]:8.3f} {means[5]:8.3f} {'':>6} {'':>5} {'':>7}")
-            print(by_kind(rows, kinds))
+            print(by_group(rows, kinds, "kind"))
+            print(by_group(rows, scales, "size"))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"objects": args.objects, "held_out": HELD_OUT, "rows": results}, indent=1))
 
