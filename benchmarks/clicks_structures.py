@@ -210,7 +210,7 @@ def main() -> None:
         median = int(np.median(sizes))
         scales = [f"< {median} px" if size < median else f">= {median} px" for size in sizes]
         print(f"\n{image_name}: {len(objects)} held-out {HELD_OUT} objects on axial slices % 5 == 0, "
-              f"{sizes.min()}-{sizes.max()} px (median {int(np.median(sizes))})")
+              f"{sizes.min()}-{sizes.max()} px (median {median})")
         print(f"{'method':40} {'1 click':>8} {'3 clicks':>8} {'5 clicks':>8} {'box':>6} {'cut':>5} {'p95 ms':>7} "
               f"{'3D':>6} {'(2D)':>6}")
         for name in models:

@@ -337,8 +337,8 @@ def click_samples(seed: int = 0, data: str | os.PathLike | None = None, held_out
 
 
 def _plane_of(axis: int, index: int) -> tuple:
-    """Index of slice ``index`` along ``axis``: a view of a volume (np.take copies a 2D slice out of a 3D volume through
-    fancy indexing: 130 ms a slice in this sampler, most of its time)."""
+    """Index of slice ``index`` along ``axis``: a view of a volume, where np.take copies the slice out through fancy
+    indexing (the click sampler took 1.6x longer a sample with np.take)."""
     return (slice(None),) * axis + (index,)
 
 
