@@ -68,7 +68,8 @@ def label_kinds(data: str) -> dict[int, str]:
 
 
 def object_kinds(labels: np.ndarray, objects: list, kinds: dict[int, str]) -> list[str]:
-    return [kinds.get(int(np.bincount(labels[:, :, i][t].astype(np.int64)).argmax()), "cortical") for i, t in objects]
+    """The kind of each object: that of its label (an object is a region of one label: any of its pixels names it)."""
+    return [kinds.get(int(labels[:, :, i][t][0]), "cortical") for i, t in objects]
 
 
 def by_group(rows: list[dict], groups: list[str], title: str) -> str:

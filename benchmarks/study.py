@@ -35,8 +35,8 @@ every --evaluate-every steps (curves; MNI: on every 4th test slice) and whether 
 seed-mean curve's last 20 % of points: mean of its second half minus mean of its first half, |change| <
 0.005) and when each run took off (the first evaluated step with test Dice >= 0.5: the lesion runs sit at 0
 until then, and a run that never takes off is flat too); the paired difference to the U-Net per seed (mean,
-95 % t interval with n-1 degrees of freedom,
-paired t-test p, Holm-adjusted within the data set, Wilcoxon signed-rank p from 6 seeds on) and a verdict
+95 % t interval with n-1 degrees of freedom, paired t-test p, Holm-adjusted within the data set, Wilcoxon
+signed-rank p from 6 seeds on) and a verdict
 (helps: interval above 0; hurts: below 0; else no difference shown); parameters and CPU inference ms
 (128x128 slice, 3D: 32^3 volume, batch 1, fastest of 20 repeats); and for every all-gate variant's seed-0 model
 on the 2D data, engine.importance.level_importance on test data (Dice when each gate is forced open/closed).
