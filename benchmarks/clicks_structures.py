@@ -37,7 +37,7 @@ import torch
 
 from napari_aunet.engine.bundled import load_model
 from napari_aunet.engine.clickmodel import deepest_point, jittered_box, next_click, random_component
-from napari_aunet.engine.clicks import Click, ClickSegmenter, cut_by_window, flood_fill
+from napari_aunet.engine.clicks import FIRST_CLICK_SCALE, Click, ClickSegmenter, cut_by_window, flood_fill
 from napari_aunet.engine.inference import Segmenter
 from napari_aunet.training_data import atlas_set
 
@@ -194,6 +194,8 @@ def main() -> None:
     parser.add_argument("--objects", type=int, default=60)
     parser.add_argument("--objects-3d", type=int, default=20, help="objects also propagated in 3D")
     parser.add_argument("--model", action="append", help="click model names or checkpoint files (default: click)")
+    parser.add_argument("--first-click-scale", type=float, action="append",
+                        help=f"scale(s) a slice's first click is shown at (default {FIRST_CLICK_SCALE}); one row each")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "clicks_structures.json"))
@@ -214,8 +216,9 @@ def main() -> None:
               f"{sizes.min()}-{sizes.max()} px (median {median})")
         print(f"{'method':40} {'1 click':>8} {'3 clicks':>8} {'5 clicks':>8} {'box':>6} {'cut':>5} {'p95 ms':>7} "
               f"{'3D':>6} {'(2D)':>6}")
-        for name in models:
+        for name, scale in [(m, s) for m in models for s in args.first_click_scale or [FIRST_CLICK_SCALE]]:
             session = ClickSegmenter(Segmenter(load_model(name), device="cpu"), volume)
+            session.first_click_scale = scale
             rows, cuts, boxes, latency = [], 0, [], []
             rng = np.random.default_rng(args.seed + 1)
             for index, target in objects:
@@ -226,7 +229,8 @@ def main() -> None:
                 boxes.append(run_box(session, index, target, rng))
             means = {c: float(np.mean([r[c] for r in rows])) for c in COUNTS}
             volumes = [run_3d(session, labels, index, target) for index, target in objects[: args.objects_3d]]
-            row = {"image": image_name, "method": Path(name).stem, **{f"dice_{c}": round(means[c], 3) for c in COUNTS},
+            method = Path(name).stem + ("" if args.first_click_scale is None else f" @{scale:g}")
+            row = {"image": image_name, "method": method, **{f"dice_{c}": round(means[c], 3) for c in COUNTS},
                    "box": round(float(np.mean(boxes)), 3), "cut": round(cuts / len(objects), 3),
                    "p95_ms": round(1000 * float(np.percentile(latency, 95)), 1),
                    "dice_3d": round(float(np.mean([v[0] for v in volumes])), 3),

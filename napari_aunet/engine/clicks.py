@@ -27,6 +27,11 @@ class Click:
     positive: bool = True
 
 
+#: A click model trained on objects of a few hundred pixels answers a lone click with a region of about that size,
+#: even inside a larger structure; shown the window shrunk, it takes more of a large structure and less of a small one.
+#: The first click on a slice (and the 3D propagation from it) uses this scale; later clicks see the image at 1:1.
+FIRST_CLICK_SCALE = 0.7
+
 #: times a window is doubled (and re-centred on the object) when the object reaches one of its inner edges
 GROWTH_STEPS = 3
 
@@ -93,6 +98,8 @@ class ClickSegmenter:
         # on the volume's grid) so they can be shown; off by default, it costs a copy per click.
         self.keep_attention = False
         self.last_attention: dict[int, AttentionMap] = {}
+        # Click models: the scale the window is shown at for a slice's first click alone (see FIRST_CLICK_SCALE)
+        self.first_click_scale = FIRST_CLICK_SCALE
 
     # ----- model outputs ------------------------------------------------------------------------
     def _window(self, plane_shape: tuple[int, int], centre: tuple[int, int], size: int | None = None
@@ -215,37 +222,58 @@ class ClickSegmenter:
         self.object_box = None
 
     def _guided_on_plane(self, axis: int, index: int, positives: list, negatives: list, box=None,
-                         window: tuple[slice, slice] | None = None):
+                         window: tuple[slice, slice] | None = None, scale: float = 1.0):
         """Click-guided prediction on one slice: (window, bool mask in the window) from in-plane clicks and an
         optional box ``(row0, col0, row1, col1)``. The window starts at ``window`` pixels a side (at least 1.5x the
         box) around the first click or the box, and grows, re-centred on the object, while the object reaches one
         of its inner edges — so no returned mask is cut straight by the window. A given ``window`` (the first slice's,
-        in 3D propagation) is kept as it is."""
+        in 3D propagation) is kept as it is. With ``scale`` < 1 the model sees the window shrunk by that factor (a
+        window 1/scale times larger, so that it still sees about ``window`` pixels a side)."""
         plane_shape = self._plane_shape(axis)
         growth = GROWTH_STEPS if window is None else 0  # a given window (3D propagation) stays as it is
         if window is None:
             window = self._box_window(plane_shape, box) if box is not None else None
             if positives:
-                window = self._window(plane_shape, positives[0], None if window is None else self._side(window))
+                side = round(self.window / scale) if window is None else self._side(window)
+                window = self._window(plane_shape, positives[0], side)
         size = self._side(window)
         for attempt in range(growth + 1):
             offset = (window[0].start, window[1].start)
             local = [[(r - offset[0], c - offset[1]) for r, c in points] for points in (positives, negatives)]
             local_box = None if box is None else (box[0] - offset[0], box[1] - offset[1], box[2] - offset[0],
                                                   box[3] - offset[1])
-            pixels = self._window_of(axis, index, window)
-            if self.keep_attention:
-                probability, maps = predict_object(self.segmenter.model, pixels, *local, return_attention=True,
-                                                   box=local_box)
-                self.last_attention = _window_attention(maps, axis if self.volume.ndim == 3 else None, index, window)
-            else:
-                probability = predict_object(self.segmenter.model, pixels, *local, box=local_box)
+            probability = self._predict_scaled(axis, index, window, local, local_box, scale)
             mask = self._object_from(probability > 0.5, local[0], local_box)
             if attempt == growth or not mask.any() or not cut_by_window(mask, window, plane_shape):
                 break
             centre, size = _grown(mask, window, size)
             window = self._window(plane_shape, centre, size)
         return window, mask
+
+    def _predict_scaled(self, axis: int, index: int, window: tuple[slice, slice], local: list, local_box,
+                        scale: float) -> np.ndarray:
+        """P(object) on ``window`` from prompts in window pixels, the model run on the window resized by ``scale``
+        (linear, pixel edges kept aligned) and its output resized back; keeps the gate maps when asked."""
+        pixels = self._window_of(axis, index, window)
+        shape = window_shape(window)
+        if scale != 1.0:
+            pixels = ndimage.zoom(pixels, scale, order=1, mode="nearest", grid_mode=True)
+            factors = [m / n for m, n in zip(pixels.shape, shape, strict=True)]
+            local = [[tuple((p + 0.5) * f - 0.5 for p, f in zip(point, factors, strict=True)) for point in points]
+                     for points in local]
+            if local_box is not None:
+                local_box = tuple(round((v + 0.5) * factors[k % 2] - 0.5) for k, v in enumerate(local_box))
+        if self.keep_attention:
+            probability, maps = predict_object(self.segmenter.model, pixels, *local, return_attention=True,
+                                               box=local_box)
+            self.last_attention = _window_attention(maps, axis if self.volume.ndim == 3 else None, index, window,
+                                                    (shape[0] / pixels.shape[0], shape[1] / pixels.shape[1]))
+        else:
+            probability = predict_object(self.segmenter.model, pixels, *local, box=local_box)
+        if scale != 1.0:
+            probability = ndimage.zoom(probability, [n / m for n, m in zip(shape, probability.shape, strict=True)],
+                                       order=1, mode="nearest", grid_mode=True)
+        return probability
 
     @staticmethod
     def _side(window: tuple[slice, slice]) -> int:
@@ -287,7 +315,8 @@ class ClickSegmenter:
             box = self.object_box[2]
         if not positives and box is None:
             return None  # a negative click before any positive one on this slice: v1 behaviour
-        window, mask = self._guided_on_plane(axis, index, positives, negatives, box)
+        scale = self.first_click_scale if len(positives) == 1 and not negatives and box is None else 1.0
+        window, mask = self._guided_on_plane(axis, index, positives, negatives, box, scale=scale)
         if not three_d or self.volume.ndim == 2:
             if self.volume.ndim == 3:
                 mask = np.expand_dims(mask, axis)
@@ -301,7 +330,7 @@ class ClickSegmenter:
             while first <= current <= last and previous.sum() >= 5:
                 inner = deepest_point(previous)
                 anchor = (inner[0] + window[0].start, inner[1] + window[1].start)
-                _, grown = self._guided_on_plane(axis, current, [anchor], [], window=window)
+                _, grown = self._guided_on_plane(axis, current, [anchor], [], window=window, scale=scale)
                 if grown.sum() < 5 or not (grown & ndimage.binary_dilation(previous, np.ones((3, 3), bool))).any():  # a few stray pixels end it too
                     break
                 if not self._looks_alike(axis, (current - direction, current), window, (previous, grown)):
@@ -437,14 +466,19 @@ def simulated_click_scores(
     return scores
 
 
+def window_shape(window: tuple[slice, slice]) -> tuple[int, int]:
+    return window[0].stop - window[0].start, window[1].stop - window[1].start
+
+
 def _window_attention(maps: dict[int, np.ndarray], axis: int | None, index: int,
-                      window: tuple[slice, slice]) -> dict[int, AttentionMap]:
+                      window: tuple[slice, slice], pixel: tuple[float, float] = (1.0, 1.0)) -> dict[int, AttentionMap]:
     """Gate maps of one click window as AttentionMaps on the volume's grid: one slice thick along ``axis``
-    (None for a 2D image), each level's cells placed from the window's corner."""
+    (None for a 2D image), each level's cells placed from the window's corner; ``pixel``: image pixels one model
+    input pixel covers (1 / the scale the window was shown at)."""
     placed = {}
     for level, data in maps.items():
         pooled = GridGeometry.pooled(2, 2 ** (level - 1))
-        corner = GridGeometry((1.0, 1.0), tuple(float(w.start) for w in window))
+        corner = GridGeometry(pixel, tuple(float(w.start) + (p - 1) / 2 for w, p in zip(window, pixel, strict=True)))
         attention = AttentionMap(level, data.astype(np.float16), pooled.then(corner))
         placed[level] = attention if axis is None else attention.on_slice(axis, index)
     return placed

@@ -99,3 +99,45 @@ def test_the_bundled_click_model_takes_boxes_and_names_its_training_sources():
     for source in ("Schaefer 2018", "THOMAS thalamic nuclei", "CC BY 4.0", "MIT", "MNI ICBM 2009a", "Hammers atlas"):
         assert source in checkpoint.model_card, source
     assert checkpoint.provenance["held_out"].startswith("the hammers atlas")
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.5])
+def test_a_first_click_shown_smaller_keeps_the_object_and_the_gate_maps_on_the_image_grid(scale):
+    """The first click may be shown to the model at a smaller scale (a window 1/scale times larger, shrunk): the
+    object comes back on the image's own pixels, and each gate's cells still tile the clicked window exactly."""
+    phantom = generate_phantom((128, 128), seed=3)
+    organ = phantom.labels > 0
+    session = ClickSegmenter(Segmenter(load_model("click"), device="cpu"), phantom.image)
+    session.first_click_scale, session.keep_attention = scale, True
+    update = session.click(np.zeros(organ.shape, bool), Click(deepest_point(organ)), axis=0)
+    mask = np.zeros(organ.shape, bool)
+    mask[update.region] = update.mask
+    assert _dice(mask, organ) > 0.85
+    window = update.region
+    assert window[0].stop - window[0].start == 128  # the whole image (a window is never larger than the slice)
+    for level, attention in session.last_attention.items():
+        cell = 2 ** (level - 1) / scale  # image pixels a cell of this level spans
+        assert attention.geometry.scale == pytest.approx((cell, cell))
+        for axis in range(2):
+            first_edge = attention.geometry.offset[axis] - cell / 2
+            last_edge = first_edge + attention.data.shape[axis] * cell
+            assert first_edge == pytest.approx(window[axis].start - 0.5)
+            assert last_edge == pytest.approx(window[axis].stop - 0.5)
+
+
+def test_one_click_takes_an_organ_larger_than_any_training_object():
+    """The click model learnt objects of a few hundred pixels; a slice's first click is shown to it smaller
+    (FIRST_CLICK_SCALE), so one click takes a 12,000-pixel organ whole instead of a disk inside it."""
+    from napari_aunet.engine.clicks import FIRST_CLICK_SCALE
+
+    phantom = generate_phantom((192, 192), seed=3)
+    organ = phantom.labels > 0
+    scores = {}
+    for scale in (1.0, FIRST_CLICK_SCALE):
+        session = ClickSegmenter(Segmenter(load_model("click"), device="cpu"), phantom.image)
+        session.first_click_scale = scale
+        update = session.click(np.zeros(organ.shape, bool), Click(deepest_point(organ)), axis=0)
+        mask = np.zeros(organ.shape, bool)
+        mask[update.region] = update.mask
+        scores[scale] = _dice(mask, organ)
+    assert organ.sum() > 12_000 and scores[FIRST_CLICK_SCALE] > 0.95 > 0.75 > scores[1.0]
