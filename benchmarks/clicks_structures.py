@@ -21,6 +21,7 @@ neighbourhood), minus that of each negative click; `skimage.segmentation.random_
 positive clicks as object seeds and the negative clicks and the slice's border as background seeds.
 
     python benchmarks/clicks_structures.py --data benchmarks/.cache [--objects 60] [--model click --model OLD.safetensors]
+        [--first-click-scale 1 --first-click-scale 0.7]   (one row per model and scale)
 
 Needs the deepmriprep 0.3.0 wheel in --data (`make bench-data`). Prints a table; writes benchmarks/results/clicks_structures.json.
 """
