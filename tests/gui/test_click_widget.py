@@ -139,7 +139,7 @@ def test_correct_clicked_objects_then_fine_tune_the_click_model(make_napari_view
         return 2 * (mask & organ[index]).sum() / (mask.sum() + organ[index].sum())
 
     missed = click_dice(13)
-    assert missed < 0.75  # the click model has only seen bright organs
+    assert missed < 0.75  # one click takes only part of the dark organ (measured 0.69)
     state_for(viewer).painted[id(objects)].clear()  # that measuring click was undone: not a correction
     for index in (10, 16):  # the corrections: the organ painted as object 1 with the brush
         coords = np.argwhere(organ[index])
