@@ -196,7 +196,7 @@ class ClickSegmenter:
         index, window, seed_mask = self._component_on_plane(point, axis)  # the other slices use its window
         first = max(0, index - self.depth)
         last = min(self.volume.shape[axis] - 1, index + self.depth)
-        stack = np.zeros((last - first + 1, window[0].stop - window[0].start, window[1].stop - window[1].start), bool)
+        stack = np.zeros((last - first + 1, *window_shape(window)), bool)
         stack[index - first] = seed_mask
         for direction in (1, -1):
             previous = seed_mask
@@ -277,7 +277,7 @@ class ClickSegmenter:
 
     @staticmethod
     def _side(window: tuple[slice, slice]) -> int:
-        return max(window[0].stop - window[0].start, window[1].stop - window[1].start)
+        return max(window_shape(window))
 
     def _box_window(self, plane_shape: tuple[int, int], box: tuple[int, int, int, int]) -> tuple[slice, slice]:
         """A window around ``box``'s centre of ``window`` pixels, or 1.5x the box rounded up to 16 when larger."""
@@ -467,6 +467,7 @@ def simulated_click_scores(
 
 
 def window_shape(window: tuple[slice, slice]) -> tuple[int, int]:
+    """(rows, columns) of an in-plane window."""
     return window[0].stop - window[0].start, window[1].stop - window[1].start
 
 
