@@ -196,13 +196,12 @@ def build_bundled_model(
             model_card=BRAIN_CARD,
         )
     if canonical == "click":
-        from .engine.clickmodel import click_config
-
         steps = steps or CLICK_STEPS
         model, history = train_click_model(steps=steps, seed=seed, data=data, progress=progress)
         return save_checkpoint(
-            output, model, click_config(), history=history,
-            provenance={"recipe": "click", "steps": steps, "seed": seed, "batch_size": CLICK_BATCH,
+            output, model, model.config, history=history,
+            provenance={"recipe": "click", "steps": steps, "previous_mask_steps": CLICK_MASK_STEPS,
+                        "previous_mask_rate": CLICK_MASK_RATE, "seed": seed, "batch_size": CLICK_BATCH,
                         "window": CLICK_WINDOW, "sources": CLICK_SOURCES, "atlases": list(CLICK_ATLASES),
                         "box_share": CLICK_BOX_SHARE, "data": "deepmriprep==0.3.0 wheel, data/templates",
                         "held_out": f"the {CLICK_HELD_OUT_ATLAS} atlas; axial slices with index % 5 == 0"},
@@ -213,10 +212,12 @@ def build_bundled_model(
 
 CLICK_CARD = """\
 click — click-guided 2D Attention U-Net (widths 16-32-64-128, gates at levels 1-3): input = the image window plus
-positive and negative click maps (Gaussian blobs, sigma 3 px) and a box map (1 inside a box the user drew, 0
-elsewhere, all 0 without one); output = background / the prompted object. Trained with simulated prompts (the
-first click at the deepest point of the object, or a box around it, up to 3 more clicks at the deepest point of the
-largest error, the model in the loop) on 128x128 windows of: anatomical structures of every size — every
+positive and negative click maps (Gaussian blobs, sigma 3 px), a box map (1 inside a box the user drew, 0
+elsewhere, all 0 without one) and the previous mask (the object on the slice before a correction, all 0 for a
+first prompt); output = background / the prompted object. Trained with simulated prompts (the first click at the
+deepest point of the object, or a box around it, up to 3 more clicks at the deepest point of the largest error, the
+model in the loop and its own answer as the previous mask) in two stages — 4000 steps without the previous-mask
+input, then 1500 with it (its weights starting at 0) — on 128x128 windows of: anatomical structures of every size — every
 connected region of every label on slices of all three axes — from the atlases CLICK_ATLASES (deepmriprep
 0.3.0 wheel) mapped onto the MNI ICBM 2009a T1 through MNI coordinates; synthetic objects with weak, blurred and textured edges on real T1
 backgrounds; synthetic phantoms (an organ or a small lesion); grey/white-matter regions of the MNI ICBM 2009a T1.
@@ -226,6 +227,8 @@ Data notices: ATLAS_NOTICES; MNI ICBM 2009a, Copyright (C) 1993-2009 Louis Colli
 Centre, Montreal Neurological Institute, McGill University (resources/samples/MNI152_NOTICE.txt).
 Rebuild: `aunet build-model click --data DIR` after `pip download --no-deps deepmriprep==0.3.0 -d DIR`."""
 CLICK_STEPS, CLICK_BATCH, CLICK_WINDOW = 4000, 8, 128
+# the second stage: steps (and peak learning rate) that teach the previous-mask channel, from the first stage's weights
+CLICK_MASK_STEPS, CLICK_MASK_RATE = 1500, 1e-3
 # where the training windows come from (shares of the samples)
 CLICK_SOURCES = {"atlas": 0.55, "synthetic": 0.2, "phantom": 0.15, "tissue": 0.1}
 # Atlases whose terms allow weights we ship (MIT, CC BY 4.0); lpba40, neuromorphometrics and suit (non-commercial
@@ -342,14 +345,26 @@ def _plane_of(axis: int, index: int) -> tuple:
     return (slice(None),) * axis + (index,)
 
 
-def train_click_model(*, steps: int = CLICK_STEPS, seed: int = 0, data: str | os.PathLike | None = None,
-                      progress=None, atlases: tuple[str, ...] = CLICK_ATLASES) -> tuple[AttentionUNet, dict]:
-    from .engine.clickmodel import click_config, simulated_click_batches
+def train_click_model(*, steps: int = CLICK_STEPS, mask_steps: int = CLICK_MASK_STEPS, seed: int = 0,
+                      data: str | os.PathLike | None = None, progress=None, atlases: tuple[str, ...] = CLICK_ATLASES,
+                      start: AttentionUNet | None = None) -> tuple[AttentionUNet, dict]:
+    """The click model in two stages: ``steps`` from scratch on image, clicks and box (skipped when ``start``, a
+    model of that stage, is given), then ``mask_steps`` more with the previous-mask channel added (its weights
+    starting at 0), the model's own earlier answers as the masks the corrections edit."""
+    from .engine.clickmodel import click_config, simulated_click_batches, with_previous_mask
 
     seed_everything(seed)
-    config = click_config()
-    model = AttentionUNet(config)
-    batches = simulated_click_batches(click_samples(seed, data, atlases=atlases), model, CLICK_BATCH, seed,
+    if start is None:
+        model = AttentionUNet(click_config(previous=False))
+        batches = simulated_click_batches(click_samples(seed, data, atlases=atlases), model, CLICK_BATCH, seed,
+                                          box_share=CLICK_BOX_SHARE)
+        history = train(model, batches, steps=steps, learning_rate=3e-3, progress=progress).to_dict()
+    else:
+        model, history = start, {}
+    if not mask_steps:
+        return model, history
+    model = with_previous_mask(model)
+    batches = simulated_click_batches(click_samples(seed + 1, data, atlases=atlases), model, CLICK_BATCH, seed + 1,
                                       box_share=CLICK_BOX_SHARE)
-    history = train(model, batches, steps=steps, learning_rate=3e-3, progress=progress)
-    return model, history.to_dict()
+    second = train(model, batches, steps=mask_steps, learning_rate=CLICK_MASK_RATE, progress=progress).to_dict()
+    return model, {**history, "previous_mask_stage": second}

@@ -2,7 +2,9 @@
 
 Input channels: 0 the normalised image window, 1 positive clicks, 2 negative clicks, each click a Gaussian
 blob (sigma ``CLICK_SIGMA`` pixels, peak 1), and in models with ``BOX_CHANNELS`` inputs 3 the box prompt (1 inside
-the rectangle the user drew, 0 elsewhere; all 0 without a box). Output: background / object. Trained with
+the rectangle the user drew, 0 elsewhere; all 0 without a box), and in models with ``MASK_CHANNELS`` inputs 4 the
+previous mask (the object as it stood before the click, 0 for a first prompt), so that a correction edits the
+answer the user sees instead of starting over (RITM's design). Output: background / object. Trained with
 simulated clicks as DeepEdit and RITM do: the first click at the deepest point of the object (or a box around it),
 later clicks at the deepest point of the largest error region (positive where the object was missed, negative
 where it overflowed), with the model itself in the loop.
@@ -23,22 +25,29 @@ CLICK_SIGMA = 3.0
 CLICK_WINDOW = 128  # pixels a side of the window the model sees around the clicks
 CLICK_CHANNELS = 3  # image, positive clicks, negative clicks
 BOX_CHANNELS = 4  # … and the box prompt
+MASK_CHANNELS = 5  # … and the previous mask
 
 
-def click_config(widths: tuple[int, ...] = (16, 32, 64, 128), box: bool = True) -> ModelConfig:
+def click_config(widths: tuple[int, ...] = (16, 32, 64, 128), box: bool = True, previous: bool = True) -> ModelConfig:
     return ModelConfig(
-        spatial_dims=2, in_channels=BOX_CHANNELS if box else CLICK_CHANNELS, out_channels=2, widths=widths,
+        spatial_dims=2, in_channels=(MASK_CHANNELS if previous else BOX_CHANNELS) if box else CLICK_CHANNELS, out_channels=2, widths=widths,
         gated_levels=(1, 2, 3), class_names=("background", "object"),
         normalization=Normalization(mode="percentile", lower=0.5, upper=99.5), spacing=None,
     )
 
 
 def is_click_model(config: ModelConfig) -> bool:
-    return config.in_channels in (CLICK_CHANNELS, BOX_CHANNELS) and config.out_channels == 2 and config.spatial_dims == 2
+    return (config.in_channels in (CLICK_CHANNELS, BOX_CHANNELS, MASK_CHANNELS) and config.out_channels == 2
+            and config.spatial_dims == 2)
 
 
 def takes_boxes(config: ModelConfig) -> bool:
-    return is_click_model(config) and config.in_channels == BOX_CHANNELS
+    return is_click_model(config) and config.in_channels >= BOX_CHANNELS
+
+
+def takes_previous(config: ModelConfig) -> bool:
+    """Whether the click model sees the object's previous mask (corrections edit it)."""
+    return is_click_model(config) and config.in_channels == MASK_CHANNELS
 
 
 def box_map(shape: tuple[int, int], box: tuple[int, int, int, int] | None) -> np.ndarray:
@@ -50,13 +59,19 @@ def box_map(shape: tuple[int, int], box: tuple[int, int, int, int] | None) -> np
     return plane
 
 
-def click_inputs(window: np.ndarray, positives, negatives, box=None, channels: int = BOX_CHANNELS) -> np.ndarray:
-    """(channels, H, W) float32 model input: the window, the click maps and (4 channels) the box map."""
+def click_inputs(window: np.ndarray, positives, negatives, box=None, channels: int = MASK_CHANNELS,
+                 previous: np.ndarray | None = None) -> np.ndarray:
+    """(channels, H, W) float32 model input: the window, the click maps, (4+ channels) the box map and (5 channels)
+    the previous mask (``previous``, bool or float in [0, 1]; all 0 when None). A model without the channel
+    ignores ``previous``."""
     planes = [window[None].astype(np.float32), click_maps(window.shape, positives, negatives)]
-    if channels == BOX_CHANNELS:
+    if channels >= BOX_CHANNELS:
         planes.append(box_map(window.shape, box)[None])
     elif box is not None:
         raise ValueError("this click model takes no box prompts")
+    if channels == MASK_CHANNELS:
+        planes.append(np.zeros((1, *window.shape), np.float32) if previous is None
+                      else np.asarray(previous, np.float32)[None])
     return np.concatenate(planes)
 
 
@@ -137,12 +152,13 @@ def window_around(plane: np.ndarray, target: np.ndarray, rng: np.random.Generato
 
 
 def predict_object(model: AttentionUNet, window: np.ndarray, positives, negatives,
-                   return_attention: bool = False, box=None):
-    """P(object) on a normalised 2D window given the clicks and optionally a box (window pixel coordinates).
+                   return_attention: bool = False, box=None, previous: np.ndarray | None = None):
+    """P(object) on a normalised 2D window given the clicks and optionally a box (window pixel coordinates) and the
+    object's previous mask on the window.
 
     With ``return_attention`` also each gate's map ``{level: (ceil(H/f), ceil(W/f)) float32}``, f = 2**(level-1).
     """
-    inputs = click_inputs(window, positives, negatives, box, model.config.in_channels)[None]
+    inputs = click_inputs(window, positives, negatives, box, model.config.in_channels, previous)[None]
     device = next(model.parameters()).device
     with torch.inference_mode():
         output = model(torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)).to(device),
@@ -170,7 +186,8 @@ def simulated_click_batches(
     of the samples carries the first prompt only (the one a user expects the most from); the others get 1 to
     ``max_extra_clicks`` corrective clicks. For a model that takes boxes, a share ``box_share`` of the samples is
     prompted with a box around the object (each side off by up to 10 % of the object's extent, as a hand drawn
-    one), half of them without a first click.
+    one), half of them without a first click. A model that takes the previous mask gets, with each corrective
+    click, its own answer to the prompts before it (empty for the first prompt).
     """
     rng = np.random.default_rng(seed)
     channels = model.config.in_channels
@@ -183,19 +200,38 @@ def simulated_click_batches(
                 box = jittered_box(target, rng)
             positives = [] if box is not None and rng.random() < 0.5 else [deepest_point(target, rng)]
             negatives: list = []
+            previous = None
             extra = 0 if rng.random() < single_click_share else int(rng.integers(1, max_extra_clicks + 1))
             for _ in range(extra):
                 was_training = model.training
                 model.eval()
-                prediction = predict_object(model, window, positives, negatives, box=box) > 0.5
+                prediction = predict_object(model, window, positives, negatives, box=box, previous=previous) > 0.5
                 model.train(was_training)
                 click = next_click(prediction, target, rng)
                 if click is None:
                     break
                 (positives if click[1] else negatives).append(click[0])
-            inputs.append(click_inputs(window, positives, negatives, box, channels))
+                previous = prediction
+            inputs.append(click_inputs(window, positives, negatives, box, channels, previous))
             targets.append(target.astype(np.int64))
         yield np.stack(inputs).astype(np.float32), np.stack(targets)
+
+
+def with_previous_mask(model: AttentionUNet) -> AttentionUNet:
+    """A copy of a 4-channel click model (image, clicks, box) that also takes the previous mask: the new channel's
+    input weights start at 0, so it answers exactly as ``model`` until trained."""
+    if takes_previous(model.config) or not takes_boxes(model.config):
+        raise ValueError("only a click model with a box input and no previous-mask input can be extended")
+    from dataclasses import replace
+
+    wider = AttentionUNet(replace(model.config, in_channels=MASK_CHANNELS))
+    state = wider.state_dict()
+    for key, value in model.state_dict().items():
+        if state[key].shape != value.shape:  # the first convolution: (out, 4, k, k) -> (out, 5, k, k)
+            value = torch.cat([value, torch.zeros_like(value[:, :1])], dim=1)
+        state[key] = value
+    wider.load_state_dict(state)
+    return wider
 
 
 def jittered_box(target: np.ndarray, rng: np.random.Generator, jitter: float = 0.1) -> tuple[int, int, int, int]:

@@ -15,7 +15,15 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .clickmodel import CLICK_SIGMA, box_map, deepest_point, is_click_model, predict_object, takes_boxes
+from .clickmodel import (
+    CLICK_SIGMA,
+    box_map,
+    deepest_point,
+    is_click_model,
+    predict_object,
+    takes_boxes,
+    takes_previous,
+)
 from .geometry import GridGeometry
 from .inference import AttentionMap, Segmenter
 from .intensity import check_volume, fill_non_finite, normalize
@@ -222,13 +230,15 @@ class ClickSegmenter:
         self.object_box = None
 
     def _guided_on_plane(self, axis: int, index: int, positives: list, negatives: list, box=None,
-                         window: tuple[slice, slice] | None = None, scale: float = 1.0):
+                         window: tuple[slice, slice] | None = None, scale: float = 1.0,
+                         previous: np.ndarray | None = None):
         """Click-guided prediction on one slice: (window, bool mask in the window) from in-plane clicks and an
         optional box ``(row0, col0, row1, col1)``. The window starts at ``window`` pixels a side (at least 1.5x the
         box) around the first click or the box, and grows, re-centred on the object, while the object reaches one
         of its inner edges — so no returned mask is cut straight by the window. A given ``window`` (the first slice's,
         in 3D propagation) is kept as it is. With ``scale`` < 1 the model sees the window shrunk by that factor (a
-        window 1/scale times larger, so that it still sees about ``window`` pixels a side)."""
+        window 1/scale times larger, so that it still sees about ``window`` pixels a side). ``previous``: the object's
+        mask on the whole slice before this prompt, shown to a model that takes it."""
         plane_shape = self._plane_shape(axis)
         growth = GROWTH_STEPS if window is None else 0  # a given window (3D propagation) stays as it is
         if window is None:
@@ -242,7 +252,8 @@ class ClickSegmenter:
             local = [[(r - offset[0], c - offset[1]) for r, c in points] for points in (positives, negatives)]
             local_box = None if box is None else (box[0] - offset[0], box[1] - offset[1], box[2] - offset[0],
                                                   box[3] - offset[1])
-            probability = self._predict_scaled(axis, index, window, local, local_box, scale)
+            probability = self._predict_scaled(axis, index, window, local, local_box, scale,
+                                               None if previous is None else previous[window])
             mask = self._object_from(probability > 0.5, local[0], local_box)
             if attempt == growth or not mask.any() or not cut_by_window(mask, window, plane_shape):
                 break
@@ -251,9 +262,10 @@ class ClickSegmenter:
         return window, mask
 
     def _predict_scaled(self, axis: int, index: int, window: tuple[slice, slice], local: list, local_box,
-                        scale: float) -> np.ndarray:
-        """P(object) on ``window`` from prompts in window pixels, the model run on the window resized by ``scale``
-        (linear, pixel edges kept aligned) and its output resized back; keeps the gate maps when asked."""
+                        scale: float, previous: np.ndarray | None = None) -> np.ndarray:
+        """P(object) on ``window`` from prompts in window pixels (and the previous mask on the window), the model run
+        on the window resized by ``scale`` (linear, pixel edges kept aligned) and its output resized back; keeps the
+        gate maps when asked."""
         pixels = self._window_of(axis, index, window)
         shape = window_shape(window)
         if scale != 1.0:
@@ -263,13 +275,16 @@ class ClickSegmenter:
                      for points in local]
             if local_box is not None:
                 local_box = tuple(round((v + 0.5) * factors[k % 2] - 0.5) for k, v in enumerate(local_box))
+            if previous is not None:
+                previous = ndimage.zoom(previous.astype(np.float32), scale, order=1, mode="nearest",
+                                        grid_mode=True) > 0.5
         if self.keep_attention:
             probability, maps = predict_object(self.segmenter.model, pixels, *local, return_attention=True,
-                                               box=local_box)
+                                               box=local_box, previous=previous)
             self.last_attention = _window_attention(maps, axis if self.volume.ndim == 3 else None, index, window,
                                                     (shape[0] / pixels.shape[0], shape[1] / pixels.shape[1]))
         else:
-            probability = predict_object(self.segmenter.model, pixels, *local, box=local_box)
+            probability = predict_object(self.segmenter.model, pixels, *local, box=local_box, previous=previous)
         if scale != 1.0:
             probability = ndimage.zoom(probability, [n / m for n, m in zip(shape, probability.shape, strict=True)],
                                        order=1, mode="nearest", grid_mode=True)
@@ -302,9 +317,12 @@ class ClickSegmenter:
                 seeds = parts == 1 + int(np.argmax(ndimage.sum_labels(np.ones_like(parts), parts, range(1, count + 1))))
         return flood_fill(inside, seeds)
 
-    def _guided_click(self, point: tuple[int, ...] | None, axis: int, three_d: bool, index: int | None = None):
+    def _guided_click(self, point: tuple[int, ...] | None, axis: int, three_d: bool, index: int | None = None,
+                      current: np.ndarray | None = None):
         """The object from this object's prompts on the slice of ``point`` (or slice ``index``), propagated to the
-        neighbouring slices in 3D; None when there is nothing positive to start from (v1 then takes over)."""
+        neighbouring slices in 3D; None when there is nothing positive to start from (v1 then takes over).
+        ``current``: the object's mask (volume shape) before this prompt; a model that takes the previous mask sees
+        its slice when this prompt corrects earlier ones on the slice."""
         if index is None:
             index, _ = self._plane(point, axis)
         on_slice = [c for c in self.object_clicks if self._plane(c.point, axis)[0] == index]
@@ -316,7 +334,11 @@ class ClickSegmenter:
         if not positives and box is None:
             return None  # a negative click before any positive one on this slice: v1 behaviour
         scale = self.first_click_scale if len(positives) == 1 and not negatives and box is None else 1.0
-        window, mask = self._guided_on_plane(axis, index, positives, negatives, box, scale=scale)
+        previous = None
+        if current is not None and takes_previous(self.segmenter.config) and len(on_slice) + (box is not None) > 1:
+            previous = np.asarray(current[self._volume_region(axis, index, (slice(None), slice(None)))], bool)
+            previous = previous.reshape(self._plane_shape(axis))
+        window, mask = self._guided_on_plane(axis, index, positives, negatives, box, scale=scale, previous=previous)
         if not three_d or self.volume.ndim == 2:
             if self.volume.ndim == 3:
                 mask = np.expand_dims(mask, axis)
@@ -401,7 +423,7 @@ class ClickSegmenter:
             raise ValueError(f"click {point} is outside the volume of shape {self.volume.shape}")
         if self.guided:
             self.object_clicks.append(Click(point, click.positive))
-            guided = self._guided_click(point, axis, three_d)
+            guided = self._guided_click(point, axis, three_d, current=current)
             if guided is not None:
                 region, mask = guided
                 return ClickUpdate(region=region, mask=mask, seconds=time.perf_counter() - started)

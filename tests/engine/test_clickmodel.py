@@ -96,7 +96,7 @@ def test_the_bundled_click_model_takes_boxes_and_names_its_training_sources():
 
     checkpoint = load_model("click")
     assert takes_boxes(checkpoint.config)
-    for source in ("Schaefer 2018", "THOMAS thalamic nuclei", "CC BY 4.0", "MIT", "MNI ICBM 2009a", "Hammers atlas"):
+    for source in ("previous mask", "Schaefer 2018", "THOMAS thalamic nuclei", "CC BY 4.0", "MIT", "MNI ICBM 2009a", "Hammers atlas"):
         assert source in checkpoint.model_card, source
     assert checkpoint.provenance["held_out"].startswith("the hammers atlas")
 
@@ -141,3 +141,62 @@ def test_one_click_takes_an_organ_larger_than_any_training_object():
         mask[update.region] = update.mask
         scores[scale] = _dice(mask, organ)
     assert organ.sum() > 12_000 and scores[FIRST_CLICK_SCALE] > 0.95 > 0.75 > scores[1.0]
+
+
+def test_a_click_model_extended_with_the_previous_mask_answers_as_before_until_trained():
+    """The previous-mask channel is added with input weights 0: the wider model's answer is the 4-channel
+    model's, whatever mask it is shown."""
+    from dataclasses import replace
+
+    import torch
+
+    from napari_aunet.engine.clickmodel import (
+        MASK_CHANNELS,
+        predict_object,
+        takes_previous,
+        with_previous_mask,
+    )
+    from napari_aunet.engine.model import AttentionUNet
+
+    torch.manual_seed(0)  # a 4-channel click model (the bundled one has the channel already)
+    narrow = AttentionUNet(replace(load_model("click").config, in_channels=MASK_CHANNELS - 1)).eval()
+    wide = with_previous_mask(narrow).eval()
+    assert takes_previous(wide.config) and not takes_previous(narrow.config)
+    phantom = generate_phantom((96, 96), seed=5)
+    window = (phantom.image - phantom.image.min()) / np.ptp(phantom.image)
+    previous = np.zeros(window.shape, bool)
+    previous[20:60, 30:70] = True
+    before = predict_object(narrow, window, [(40, 50)], [(10, 10)])
+    after = predict_object(wide, window, [(40, 50)], [(10, 10)], previous=previous)
+    np.testing.assert_allclose(after, before, atol=1e-5)
+    with pytest.raises(ValueError, match="extended"):
+        with_previous_mask(wide)
+
+
+def test_a_correction_shows_the_model_the_object_as_it_stands_and_a_first_click_shows_none():
+    """RITM's design: each click after the first on a slice gives the model the object's current mask on that
+    slice (what the user sees, brush edits included); the first click, and a click on another slice, an empty one."""
+    from napari_aunet.engine.clickmodel import takes_previous
+
+    segmenter = Segmenter(load_model("click"), device="cpu")
+    assert takes_previous(segmenter.config)
+    seen = []
+    hook = segmenter.model.encoders[0].register_forward_pre_hook(lambda _, args: seen.append(args[0][0, 4].numpy()))
+    phantom = generate_phantom((128, 128), seed=3)
+    organ = phantom.labels > 0
+    volume = np.stack([phantom.image] * 3)
+    session = ClickSegmenter(segmenter, volume)
+    current = np.zeros(volume.shape, bool)
+    first = session.click(current, Click((1, *deepest_point(organ))), axis=0)
+    current[first.region] |= first.mask
+    assert seen and not any(plane.any() for plane in seen)  # a first click: no previous mask
+    current[1, :5] = True  # a brush stroke the user added on the slice
+    seen.clear()
+    rows, cols = np.nonzero(~organ & ~current[1])
+    session.click(current, Click((1, int(rows[len(rows) // 2]), int(cols[len(cols) // 2])), positive=False), axis=0)
+    shown = seen[0] > 0.5
+    assert shown.shape == (128, 128) and np.array_equal(shown, current[1])  # the whole slice is the window here
+    seen.clear()
+    session.click(current, Click((0, *deepest_point(organ))), axis=0)  # the same object, another slice
+    assert not seen[0].any()
+    hook.remove()

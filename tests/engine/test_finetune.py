@@ -130,10 +130,12 @@ def test_the_click_model_fine_tunes_on_corrected_objects_with_simulated_clicks(i
                        FineTuneSettings(steps=40, learning_rate=1e-3, val_fraction=0.25, seed=0))
     after = evaluate(result.model, image, objects, untouched)
     assert set(before["dice"]) == {"object, 1 click", "object, 3 clicks"}
-    # measured: 0.52 -> 0.72 with the first click shown at 0.7 (0.42 -> 0.75 at 1:1; the model trained with dark
-    # synthetic objects, so it starts better than the first click model, 0.13 -> 0.73)
-    assert before["dice"]["object, 1 click"] < 0.6
-    assert after["dice"]["object, 1 click"] > max(before["dice"]["object, 1 click"] + 0.15, 0.7)
+    print(f"one click on the untouched slices: Dice {before['dice']['object, 1 click']:.3f} before, "
+          f"{after['dice']['object, 1 click']:.3f} after fine-tuning")
+    # measured: 0.58 -> 0.75 (the model with the previous-mask input, first click shown at 0.7; 0.52 -> 0.72 before
+    # it; the model trained with dark synthetic objects, so it starts better than the first click model, 0.13 -> 0.73)
+    assert before["dice"]["object, 1 click"] < 0.65
+    assert after["dice"]["object, 1 click"] > max(before["dice"]["object, 1 click"] + 0.12, 0.7)
     assert result.after["mean_dice"] > result.before["mean_dice"]  # the held-out annotated slice too
     # Frozen BatchNorm stays frozen although the click simulation switches the model to eval and back.
     original = load_model("click").build_model().state_dict()

@@ -139,7 +139,7 @@ def test_correct_clicked_objects_then_fine_tune_the_click_model(make_napari_view
         return 2 * (mask & organ[index]).sum() / (mask.sum() + organ[index].sum())
 
     missed = click_dice(13)
-    assert missed < 0.75  # one click takes only part of the dark organ (measured 0.69)
+    assert missed < 0.75  # one click takes only part of the dark organ (measured 0.58)
     state_for(viewer).painted[id(objects)].clear()  # that measuring click was undone: not a correction
     for index in (10, 16):  # the corrections: the organ painted as object 1 with the brush
         coords = np.argwhere(organ[index])
@@ -159,7 +159,7 @@ def test_correct_clicked_objects_then_fine_tune_the_click_model(make_napari_view
     assert name not in segment._model.choices  # Segment cannot run a click model: it is not offered
     tuned = click_dice(13)
     print(f"one click on slice 13: Dice {missed:.3f} before, {tuned:.3f} after fine-tuning")
-    assert tuned > 0.9 and tuned > missed + 0.15
+    assert tuned > 0.85 and tuned > missed + 0.2  # measured 0.91
 
 
 def test_a_box_drawn_on_the_slice_segments_the_object_inside_it(scene):
