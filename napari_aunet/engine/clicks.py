@@ -133,13 +133,16 @@ class ClickSegmenter:
             cached = self._cache[key] = 1.0 - probabilities[0, 0]
         return cached
 
-    def _window_of(self, axis: int, index: int, window: tuple[slice, slice]) -> np.ndarray:
-        """The normalised pixels of ``window`` on slice ``index`` along ``axis`` (no whole-plane copy)."""
-        if self.volume.ndim == 2:
-            return self.volume[window]
+    def _window_of(self, axis: int, index: int, window: tuple[slice, slice],
+                   array: np.ndarray | None = None) -> np.ndarray:
+        """The pixels of ``window`` on slice ``index`` along ``axis`` (no whole-plane copy) of ``array`` (volume
+        shape), by default the normalised volume."""
+        array = self.volume if array is None else array
+        if array.ndim == 2:
+            return array[window]
         region: list = list(window)
         region.insert(axis, index)
-        return self.volume[tuple(region)]
+        return array[tuple(region)]
 
     def prefetch(self, axis: int, indices: list[int], window: tuple[slice, slice]) -> None:
         """Run the model on the uncached slices among ``indices`` in one batch (faster than one by one)."""
@@ -238,7 +241,7 @@ class ClickSegmenter:
         of its inner edges — so no returned mask is cut straight by the window. A given ``window`` (the first slice's,
         in 3D propagation) is kept as it is. With ``scale`` < 1 the model sees the window shrunk by that factor (a
         window 1/scale times larger, so that it still sees about ``window`` pixels a side). ``previous``: the object's
-        mask on the whole slice before this prompt, shown to a model that takes it."""
+        mask (volume shape) before this prompt, its window shown to a model that takes it."""
         plane_shape = self._plane_shape(axis)
         growth = GROWTH_STEPS if window is None else 0  # a given window (3D propagation) stays as it is
         if window is None:
@@ -252,8 +255,8 @@ class ClickSegmenter:
             local = [[(r - offset[0], c - offset[1]) for r, c in points] for points in (positives, negatives)]
             local_box = None if box is None else (box[0] - offset[0], box[1] - offset[1], box[2] - offset[0],
                                                   box[3] - offset[1])
-            probability = self._predict_scaled(axis, index, window, local, local_box, scale,
-                                               None if previous is None else previous[window])
+            shown = None if previous is None else self._window_of(axis, index, window, previous)
+            probability = self._predict_scaled(axis, index, window, local, local_box, scale, shown)
             mask = self._object_from(probability > 0.5, local[0], local_box)
             if attempt == growth or not mask.any() or not cut_by_window(mask, window, plane_shape):
                 break
@@ -336,8 +339,7 @@ class ClickSegmenter:
         scale = self.first_click_scale if len(positives) == 1 and not negatives and box is None else 1.0
         previous = None
         if current is not None and takes_previous(self.segmenter.config) and len(on_slice) + (box is not None) > 1:
-            previous = np.asarray(current[self._volume_region(axis, index, (slice(None), slice(None)))], bool)
-            previous = previous.reshape(self._plane_shape(axis))
+            previous = np.asarray(current, bool)
         window, mask = self._guided_on_plane(axis, index, positives, negatives, box, scale=scale, previous=previous)
         if not three_d or self.volume.ndim == 2:
             if self.volume.ndim == 3:
