@@ -196,7 +196,7 @@ def simulated_click_batches(
         for _ in range(batch_size):
             window, target = samples(rng)
             box = None
-            if channels == BOX_CHANNELS and rng.random() < box_share:
+            if channels >= BOX_CHANNELS and rng.random() < box_share:
                 box = jittered_box(target, rng)
             positives = [] if box is not None and rng.random() < 0.5 else [deepest_point(target, rng)]
             negatives: list = []

@@ -200,3 +200,20 @@ def test_a_correction_shows_the_model_the_object_as_it_stands_and_a_first_click_
     session.click(current, Click((0, *deepest_point(organ))), axis=0)  # the same object, another slice
     assert not seen[0].any()
     hook.remove()
+
+
+def test_a_click_model_with_the_previous_mask_still_trains_on_boxes():
+    """The second training stage (and fine-tuning) of a 5-channel click model shows boxes as often as asked: a
+    model that never sees one in training forgets what a box means."""
+    from napari_aunet.engine.clickmodel import BOX_CHANNELS, MASK_CHANNELS, simulated_click_batches
+
+    phantom = generate_phantom((64, 64), seed=2)
+    window = ((phantom.image - phantom.image.min()) / np.ptp(phantom.image)).astype(np.float32)
+    organ = phantom.labels > 0
+    model = load_model("click").build_model()
+    assert model.config.in_channels == MASK_CHANNELS
+    inputs, targets = next(simulated_click_batches(lambda rng: (window, organ), model, 8, seed=0, box_share=1.0))
+    boxes = inputs[:, BOX_CHANNELS - 1]
+    assert inputs.shape == (8, MASK_CHANNELS, 64, 64) and np.array_equal(targets[0], organ)
+    assert all(box.any() for box in boxes)  # every sample prompted with a box
+    assert all(box[organ].mean() > 0.5 for box in boxes)  # drawn around the object
