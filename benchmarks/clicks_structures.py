@@ -19,6 +19,9 @@ region within those slices; "(2D)" the clicked slice alone against the same refe
 Baselines fed the same clicks: a flood fill of each positive click's intensity range (mean +- 1.5 sd of its 5x5
 neighbourhood), minus that of each negative click; `skimage.segmentation.random_walker` on the slice with the
 positive clicks as object seeds and the negative clicks and the slice's border as background seeds.
+How far experts agree (a reference for one click, no method): the region of two other atlases of the same brains'
+space (LPBA40, Neuromorphometrics; read here only, no click model trains on them) under the first click — what a
+method that had learnt that atlas's rules exactly would return — and the better of the two for each object.
 
     python benchmarks/clicks_structures.py --data benchmarks/.cache [--objects 60] [--model click --model OLD.safetensors]
         [--first-click-scale 1 --first-click-scale 0.7]   (one row per model and scale)
@@ -45,6 +48,8 @@ from napari_aunet.training_data import atlas_set
 ROOT = Path(__file__).resolve().parents[1]
 COUNTS = (1, 3, 5)
 HELD_OUT = "hammers"
+# other expert atlases in the same space: how well their region under the first click matches Hammers' object
+EXPERTS = ("lpba40", "neuromorphometrics")
 AXIS = 2  # axial on the atlases' grid and on the MNI 2009a grid
 # Hammers regions with borders an image shows (deep grey matter, ventricles, brainstem, cerebellum, corpus callosum,
 # hippocampus, amygdala): "structures"; the rest are cortical regions (a gyrus or lobe part with its white matter,
@@ -98,6 +103,22 @@ def held_out_objects(labels: np.ndarray, image: np.ndarray, count: int, rng: np.
             seen.add(key)
             found.append((index, target))
     return found
+
+
+def expert_agreement(atlas: np.ndarray, objects: list) -> list[float]:
+    """Dice of ``atlas``'s connected region under each object's first click (0 where it has no label there)."""
+    from scipy import ndimage
+
+    scores = []
+    for index, target in objects:
+        plane = atlas[:, :, index]
+        point = deepest_point(target)
+        if not plane[point]:
+            scores.append(0.0)
+            continue
+        parts, _ = ndimage.label(plane == plane[point])
+        scores.append(dice(parts == parts[point], target))
+    return scores
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -206,7 +227,7 @@ def main() -> None:
     results = []
     label_kind = label_kinds(args.data)
     for image_name in ("template", "mni2009a"):
-        held = atlas_set(args.data, (HELD_OUT,), image=image_name)
+        held = atlas_set(args.data, (HELD_OUT, *EXPERTS), image=image_name)
         volume, labels = held.image, held.atlases[HELD_OUT]
         objects = held_out_objects(labels, volume, args.objects, np.random.default_rng(args.seed))
         sizes = np.array([int(t.sum()) for _, t in objects])
@@ -254,6 +275,15 @@ def main() -> None:
             print(f"{label:40} {means[1]:8.3f} {means[3]:8.3f} {means[5]:8.3f} {'':>6} {'':>5} {'':>7}")
             print(by_group(rows, kinds, "kind"))
             print(by_group(rows, scales, "size"))
+        agreement = {name: expert_agreement(held.atlases[name], objects) for name in EXPERTS}
+        agreement["the better of the two"] = list(np.max(list(agreement.values()), axis=0))
+        for name, scores in agreement.items():
+            label = f"expert: {name} at the click" if name in EXPERTS else f"expert: {name}"
+            results.append({"image": image_name, "method": label, "dice_1": round(float(np.mean(scores)), 3)})
+            print(f"{label:40} {np.mean(scores):8.3f}")
+            print("    by kind, Dice after 1 click: " + "; ".join(
+                f"{k} ({kinds.count(k)}) {np.mean([s for s, g in zip(scores, kinds, strict=True) if g == k]):.3f}"
+                for k in dict.fromkeys(kinds)))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"objects": args.objects, "held_out": HELD_OUT, "rows": results}, indent=1))
 
