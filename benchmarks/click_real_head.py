@@ -35,12 +35,13 @@ AXIS = 2  # axial (the file is LAS)
 CLICKS = {"caudate 1": (50, 86, 95), "caudate 2": (66, 86, 95), "putamen 1": (40, 78, 95),
           "putamen 2": (78, 78, 95), "thalamus 1": (52, 68, 90), "thalamus 2": (66, 68, 90)}
 COLOURS = {"caudate": (255, 60, 60), "putamen": (60, 200, 255), "thalamus": (255, 220, 0)}
-VIEW = (20, 100, 45, 115)
-MIDLINE = 58  # i of the septum between the frontal horns and of the third ventricle, by eye  # i0, i1, j0, j1 of the picture
+VIEW = (20, 100, 45, 115)  # i0, i1, j0, j1 of the picture
+MIDLINE = 58  # i of the septum between the frontal horns and of the third ventricle, by eye
 
 
-def model_masks(name: str, scale: float, volume: np.ndarray) -> dict[str, tuple[np.ndarray, bool]]:
-    session = ClickSegmenter(Segmenter(load_model(name), device="cpu"), volume)
+def model_masks(session: ClickSegmenter, scale: float) -> dict[str, tuple[np.ndarray, bool]]:
+    """Each click of CLICKS alone, as a new object, its slice's first click shown at ``scale``."""
+    volume = session.volume
     session.first_click_scale = scale
     masks = {}
     for structure, point in CLICKS.items():
@@ -80,11 +81,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     volume = np.asarray(nib.load(HEAD).dataobj, dtype=np.float32)
-    methods = {f"{args.model}, first click at 0.7": model_masks(args.model, 0.7, volume),
-               f"{args.model}, first click at 1:1": model_masks(args.model, 1.0, volume)}
-    normalised = ClickSegmenter(Segmenter(load_model(args.model), device="cpu"), volume).volume
+    session = ClickSegmenter(Segmenter(load_model(args.model), device="cpu"), volume)
+    methods = {f"{args.model}, first click at 0.7": model_masks(session, 0.7),
+               f"{args.model}, first click at 1:1": model_masks(session, 1.0)}
     for title, method in (("random walker", walker_baseline), ("flood fill", flood_baseline)):
-        methods[title] = {structure: (method(normalised[:, :, k], [((i, j), True)]), False)
+        methods[title] = {structure: (method(session.volume[:, :, k], [((i, j), True)]), False)
                           for structure, (i, j, k) in CLICKS.items()}
     brain = np.asarray(nib.load(BRAIN).dataobj) > 0
     csf = brain & (volume < np.percentile(volume[brain], 20))

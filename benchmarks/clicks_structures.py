@@ -78,13 +78,14 @@ def object_kinds(labels: np.ndarray, objects: list, kinds: dict[int, str]) -> li
     return [kinds.get(int(labels[:, :, i][t][0]), "cortical") for i, t in objects]
 
 
-def by_group(rows: list[dict], groups: list[str], title: str) -> str:
+def by_group(rows: list[dict], groups: list[str], title: str, counts: tuple[int, ...] = COUNTS) -> str:
     """ "    by TITLE, Dice after 1/3/5 clicks: group (n) ...; ..." for the printed table, groups in order of appearance."""
     parts = []
     for group in dict.fromkeys(groups):
         chosen = [r for r, g in zip(rows, groups, strict=True) if g == group]
-        parts.append(f"{group} ({len(chosen)}) " + " / ".join(f"{np.mean([r[c] for r in chosen]):.3f}" for c in COUNTS))
-    return f"    by {title}, Dice after " + "/".join(map(str, COUNTS)) + " clicks: " + "; ".join(parts)
+        parts.append(f"{group} ({len(chosen)}) " + " / ".join(f"{np.mean([r[c] for r in chosen]):.3f}" for c in counts))
+    clicks = "click" if counts == (1,) else "clicks"
+    return f"    by {title}, Dice after " + "/".join(map(str, counts)) + f" {clicks}: " + "; ".join(parts)
 
 
 def held_out_objects(labels: np.ndarray, image: np.ndarray, count: int, rng: np.random.Generator):
@@ -281,9 +282,7 @@ def main() -> None:
             label = f"expert: {name} at the click" if name in EXPERTS else f"expert: {name}"
             results.append({"image": image_name, "method": label, "dice_1": round(float(np.mean(scores)), 3)})
             print(f"{label:40} {np.mean(scores):8.3f}")
-            print("    by kind, Dice after 1 click: " + "; ".join(
-                f"{k} ({kinds.count(k)}) {np.mean([s for s, g in zip(scores, kinds, strict=True) if g == k]):.3f}"
-                for k in dict.fromkeys(kinds)))
+            print(by_group([{1: score} for score in scores], kinds, "kind", counts=(1,)))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"objects": args.objects, "held_out": HELD_OUT, "rows": results}, indent=1))
 
