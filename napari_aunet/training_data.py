@@ -182,8 +182,9 @@ def _cat12_t1(source: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
 
 def atlas_set(directory: str | Path, names: tuple[str, ...], image: str = "template") -> AtlasSet:
     """The deepmriprep wheel's atlases ``names`` (read as a zip, never installed) on their common 1 mm grid, with
-    CAT12's T1 template (``image="template"``) or the MNI ICBM 2009a T1 shipped in resources (``"mni2009a"``, an
-    image the click model never trains on; the atlases are mapped onto it through the MNI coordinates)."""
+    CAT12's T1 template (``image="template"``) or the MNI ICBM 2009a T1 shipped in resources (``"mni2009a"``, the
+    image the click recipe draws its atlases on, apart from its held-out slices; the atlases are mapped onto it
+    through the MNI coordinates)."""
     source = wheel(directory, "deepmriprep")
     if image == "template":
         grid, t1 = _cat12_t1(source)
